@@ -1,0 +1,214 @@
+"""The ``somascope`` command line.
+
+Each subcommand is a thin layer over the library: parse arguments, call the stage, write
+files. Bad input ends with a one-line ``somascope: error: …`` message and exit status 2
+(``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+log = logging.getLogger("somascope")
+
+
+# -- shared argument groups -----------------------------------------------------------
+def _add_movie_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("movie", nargs="+", help="movie file(s) or a folder of TIFFs (concatenated in time)")
+    p.add_argument("--dataset", help="HDF5/Zarr dataset path inside the file")
+    p.add_argument("--axes", help="stored axis order of array files, e.g. yxt (time last) or tzyxc")
+    p.add_argument("--fr", "--frame-rate", dest="frame_rate", type=float, help="frame rate in Hz")
+    p.add_argument("--n-channels", type=int, help="channels interleaved frame by frame (ScanImage)")
+    p.add_argument("--channel", type=int, help="channel to keep (interleaved, or a 'c' axis)")
+    p.add_argument("--n-planes", type=int, help="planes interleaved frame by frame")
+    p.add_argument("--plane", type=int, help="plane to keep (default: all planes as a volume)")
+    p.add_argument("--shape", type=int, nargs="+", help="raw binary files: shape, e.g. 3000 512 512")
+    p.add_argument("--dtype", help="raw binary files: dtype, e.g. uint16 or >u2")
+
+
+def _open(args: argparse.Namespace) -> Any:
+    from .io import open_movie
+
+    paths = args.movie[0] if len(args.movie) == 1 else args.movie
+    return open_movie(
+        paths, dataset=args.dataset, axes=args.axes, frame_rate=args.frame_rate,
+        n_channels=args.n_channels, channel=args.channel, n_planes=args.n_planes, plane=args.plane,
+        shape=tuple(args.shape) if args.shape else None, dtype=args.dtype,
+    )
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+# -- commands ---------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    movie = _open(args)
+    with movie:
+        n_float = 4 * int(__import__("numpy").prod(movie.shape, dtype="int64"))
+        on_disk = sum(_disk_size(p) for p in movie.paths)
+        info: dict[str, Any] = {
+            "source": [str(p) for p in movie.paths],
+            "shape": list(movie.shape),
+            "axes": "t z y x" if movie.ndim == 4 else "t y x",
+            "dtype": str(movie.dtype),
+            "frame_rate_hz": movie.frame_rate,
+            "duration_s": (movie.shape[0] / movie.frame_rate) if movie.frame_rate else None,
+            "size_on_disk": _gb(on_disk),
+            "size_as_float32": _gb(n_float),
+            "store_disk_needed": _gb(n_float),
+            "memory_estimate": (
+                f"{_gb(n_float)} to hold it as float32; processing streams it in chunks "
+                f"(about {_gb(4 * 256 * int(__import__('numpy').prod(movie.shape[1:])))} per chunk of 256 frames per worker)"
+            ),
+        }
+        if movie.frame_rate is None:
+            info["warning"] = "frame rate unknown: pass --fr HZ to later steps"
+        if movie.dropped_frames:
+            info["incomplete_trailing_frames"] = movie.dropped_frames
+        if args.check:
+            info["non_finite"] = movie.count_nonfinite(progress=not args.quiet)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            if isinstance(value, list) and key == "source" and len(value) > 3:
+                value = f"{value[0]} … {value[-1]} ({len(value)} files)"
+            print(f"{key.replace('_', ' '):<{width}}  {value}")
+    return 0
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate_cli import write_simulation
+
+    out = write_simulation(
+        args.out, kind=args.kind, dims=tuple(args.dims) if args.dims else None, n_frames=args.frames,
+        n_cells=args.cells, frame_rate=args.fr, motion=args.motion, seed=args.seed, fmt=args.format,
+        progress=not args.quiet,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import save_summary, summary_images
+
+    movie = _open(args)
+    out = Path(args.out) if args.out else Path(movie.paths[0]).with_suffix("").with_name(
+        Path(movie.paths[0]).stem + "_summary")
+    with movie:
+        images = summary_images(
+            movie, chunk_frames=args.chunk_frames, neighbours=args.neighbours,
+            max_corr_frames=args.max_corr_frames, gSig=args.gsig, progress=not args.quiet,
+        )
+    written = save_summary(images, out)
+    print(f"wrote {len(written)} files to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="somascope",
+        description="Calcium-imaging analysis: from raw movies to cells and their activity.",
+    )
+    parser.add_argument("--version", action="version", version=f"somascope {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("info", help="describe a movie: shape, dtype, frame rate, size, memory needs")
+    _add_movie_args(p)
+    p.add_argument("--check", action="store_true", help="scan every frame for NaN/Inf (reads the whole movie)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("simulate", help="write a simulated movie with its ground truth")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--kind", choices=["2p", "1p", "volume"], default="2p")
+    p.add_argument("--dims", type=int, nargs="+", help="frame size, e.g. 256 256 (volume: 8 64 64)")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--cells", type=int, default=None, help="number of cells (default scales with area)")
+    p.add_argument("--fr", type=float, default=30.0, help="frame rate, Hz")
+    p.add_argument("--motion", choices=["none", "rigid", "nonrigid"], default="none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["tif", "zarr", "h5"], default="tif",
+                   help="movie file format (zarr is written out-of-core, for movies larger than memory)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("summary", help="summary images: mean, max, std, correlation, max-correlation, PNR")
+    _add_movie_args(p)
+    p.add_argument("--out", type=Path, help="output folder (default: MOVIE_summary next to the movie)")
+    p.add_argument("--chunk-frames", type=int, default=None, help="frames read at a time")
+    p.add_argument("--neighbours", type=int, choices=[4, 8], default=8)
+    p.add_argument("--max-corr-frames", type=int, default=None,
+                   help="frames per block of the max-correlation image (default: 1000 when T > 1000)")
+    p.add_argument("--gsig", type=float, default=None,
+                   help="1-photon: Gaussian sigma (px) for the high-passed PNR and correlation images")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("demo", help="run on built-in simulated data and write a report")
+    p.add_argument("--out", type=Path, default=Path("somascope-demo"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="a smaller movie (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# errors that are the user's input, reported in one line
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .io import MovieError
+    from .store import StoreError
+
+    errors: list[type[BaseException]] = [MovieError, StoreError, FileNotFoundError, FileExistsError,
+                                         ConnectionError, ValueError]
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    started = time.perf_counter()
+    try:
+        code = int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("somascope: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"somascope: error: {message}", file=sys.stderr)
+        return 2
+    log.debug("%s finished in %.1f s", args.command, time.perf_counter() - started)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
