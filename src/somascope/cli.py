@@ -62,7 +62,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "axes": "t z y x" if movie.ndim == 4 else "t y x",
             "dtype": str(movie.dtype),
             "frame_rate_hz": movie.frame_rate,
-            "duration_s": (movie.shape[0] / movie.frame_rate) if movie.frame_rate else None,
+            "duration_s": round(movie.shape[0] / movie.frame_rate, 3) if movie.frame_rate else None,
             "size_on_disk": _gb(on_disk),
             "size_as_float32": _gb(n_float),
             "store_disk_needed": _gb(n_float),
@@ -82,8 +82,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
-            if isinstance(value, list) and key == "source" and len(value) > 3:
-                value = f"{value[0]} … {value[-1]} ({len(value)} files)"
+            if key == "source":
+                value = value[0] if len(value) == 1 else f"{value[0]} … {value[-1]} ({len(value)} files)"
+            elif key == "shape":
+                value = " × ".join(map(str, value))
             print(f"{key.replace('_', ' '):<{width}}  {value}")
     return 0
 
@@ -95,14 +97,55 @@ def _disk_size(path: Path) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate_cli import write_simulation
+    import numpy as np
 
-    out = write_simulation(
-        args.out, kind=args.kind, dims=tuple(args.dims) if args.dims else None, n_frames=args.frames,
-        n_cells=args.cells, frame_rate=args.fr, motion=args.motion, seed=args.seed, fmt=args.format,
-        progress=not args.quiet,
-    )
-    print(f"wrote {out}")
+    from . import simulate
+    from .cnmf.estimates import Estimates
+    from .io.atomic import atomic_path, atomic_write_text
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    kind = {"2p": simulate.two_photon, "1p": simulate.one_photon, "volume": simulate.volumetric}[args.kind]
+    spec: dict[str, Any] = {"n_frames": args.frames, "frame_rate": args.fr, "seed": args.seed,
+                            "motion": None if args.motion == "none" else args.motion, "progress": not args.quiet}
+    if args.dims:
+        spec["dims"] = tuple(args.dims)
+    if args.cells is not None:
+        spec["n_cells"] = args.cells
+    elif args.dims:  # keep the default density of the simulator's default field of view
+        import inspect
+
+        defaults = inspect.signature(kind).parameters
+        area = float(np.prod(args.dims)) / float(np.prod(defaults["dims"].default))
+        spec["n_cells"] = max(1, round(defaults["n_cells"].default * area))
+    movie_path = out / f"movie.{args.format}"
+    if args.format == "zarr":  # out of core: frames go straight to disk
+        sim = kind(**spec, out=movie_path, overwrite=True)
+    else:
+        sim = kind(**spec)
+        movie = np.asarray(sim.movie, dtype=np.float32)
+        with atomic_path(movie_path) as tmp:
+            if args.format == "tif":
+                import tifffile
+
+                tifffile.imwrite(tmp, movie, imagej=movie.ndim == 3, bigtiff=movie.nbytes > 2**31,
+                                 metadata={"axes": "TYX", "finterval": 1 / sim.frame_rate} if movie.ndim == 3 else None)
+            else:
+                import h5py
+
+                with h5py.File(tmp, "w") as f:
+                    ds = f.create_dataset("mov", data=movie, chunks=True)
+                    ds.attrs["fr"] = sim.frame_rate
+    truth = Estimates(A=sim.A, dims=tuple(sim.dims), C=sim.C, S=sim.S, b=sim.b, f=sim.f, g=sim.g,
+                      frame_rate=sim.frame_rate, seed=args.seed, params={"simulation": sim.params},
+                      extra={"active": np.asarray(sim.active), "is_soma": np.asarray(sim.kind) == "soma",
+                             "shifts": np.asarray(sim.shifts), "still_mean": np.asarray(sim.still_mean)})
+    truth.save(out / "ground_truth.h5")
+    header = ",".join("dz dy dx".split()[-sim.shifts.shape[1]:])
+    atomic_write_text(out / "true_shifts.csv", header + "\n" + "\n".join(
+        ",".join(f"{v:.4f}" for v in row) for row in np.asarray(sim.shifts)) + "\n")
+    print(simulate.describe(sim))
+    print(f"wrote {movie_path}, {out / 'ground_truth.h5'}, {out / 'true_shifts.csv'}")
     return 0
 
 
@@ -137,9 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calcium-imaging analysis: from raw movies to cells and their activity.",
     )
     parser.add_argument("--version", action="version", version=f"somascope {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, False), (common, argparse.SUPPRESS)):
+        target.add_argument("-q", "--quiet", action="store_true", default=default,
+                            help="no progress bars, warnings only")
+        target.add_argument("--debug", action="store_true", default=default, help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("info", help="describe a movie: shape, dtype, frame rate, size, memory needs")
     _add_movie_args(p)
