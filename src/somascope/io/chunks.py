@@ -58,8 +58,9 @@ def iter_chunks(
     try:
         for t0 in range(int(start), stop, int(chunk_frames)):
             t1 = min(t0 + int(chunk_frames), stop)
-            block = source[t0:t1]
-            block = np.array(block, dtype=dtype if dtype is not None else None, copy=True)
+            block = np.asarray(source[t0:t1], dtype=dtype)
+            if isinstance(source, np.ndarray) and np.may_share_memory(block, source):
+                block = block.copy()  # a view into the caller's array: never hand it out
             yield t0, block
             if bar is not None:
                 bar.update(t1 - t0)
