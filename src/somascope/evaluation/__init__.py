@@ -1,0 +1,40 @@
+"""Component evaluation: trace SNR, spatial consistency, the accept/reject rule, duplicates.
+
+:func:`evaluate_components` scores the components of an :class:`~somascope.cnmf.estimates.Estimates`
+against the movie and splits them into accepted and rejected (``quality``);
+:func:`find_duplicates` / :func:`remove_duplicates` find components that are the same cell
+twice by the overlap of their footprints (``duplicates``).
+"""
+
+from __future__ import annotations
+
+from .duplicates import Duplicates, binary_masks, find_duplicates, remove_duplicates
+from .quality import (
+    Exceptionality,
+    activity_frames,
+    eccentricity,
+    evaluate_components,
+    event_exceptionality,
+    residual_traces,
+    select_components,
+    spatial_consistency,
+    trace_mode,
+    trace_snr,
+)
+
+__all__ = [
+    "Duplicates",
+    "Exceptionality",
+    "activity_frames",
+    "binary_masks",
+    "eccentricity",
+    "evaluate_components",
+    "event_exceptionality",
+    "find_duplicates",
+    "remove_duplicates",
+    "residual_traces",
+    "select_components",
+    "spatial_consistency",
+    "trace_mode",
+    "trace_snr",
+]
