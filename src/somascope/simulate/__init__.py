@@ -1,0 +1,17 @@
+"""Simulated calcium-imaging movies with ground truth, for tests, demos and benchmarks.
+
+:func:`two_photon`, :func:`one_photon` and :func:`volumetric` return a :class:`Simulation`
+(movie + footprints ``A``, traces ``C``/``S``, background ``b``/``f``, true motion, noise
+level); :func:`sessions` simulates several sessions of one field of view with known
+deformations and cell identities (:func:`identity_matches`). Every random ingredient is
+drawn from its own stream of ``seed``, so one seed always gives the same movie, in memory or
+written out of core to a :class:`somascope.store.Store`.
+"""
+
+from __future__ import annotations
+
+from .generators import one_photon, two_photon, volumetric
+from .result import Simulation, describe, identity_matches
+from .sessions import sessions
+
+__all__ = ["Simulation", "describe", "identity_matches", "one_photon", "sessions", "two_photon", "volumetric"]
