@@ -39,7 +39,7 @@ def test_static_defaults_are_the_rules_at_the_default_neuron():
     d = plain.deconvolution
     assert (d.p, d.s_min, d.bas_nonneg, d.noise_range, d.noise_method) == (
         1, None, True, (0.25, 0.5), "mean")
-    assert (d.lags, d.fudge_factor, d.optimize_g, d.method_deconvolution) == (5, 0.96, 0, "oasis")
+    assert (d.lags, d.fudge_factor, d.optimize_g, d.method_deconvolution) == (10, 0.98, 0, "oasis")
 
 
 # ----------------------------------------------------------------------------- derived defaults

@@ -41,7 +41,7 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
 * ``init.ssub = p_ssub = max(1, floor(min(gSig) / 2.5))`` (keeps gSig ≥ 2.5 px after spatial
   downsampling); ``init.tsub = p_tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames
   per decay time after temporal downsampling).
-* ``init.method`` = ``"greedy_roi"`` (1p: ``"greedy_corr"``); ``init.nb`` = 1 (1p: 0, the ring
+* ``init.method`` = ``"rolling_greedy_roi"`` (1p: ``"greedy_corr"``); ``init.nb`` = 1 (1p: 0, the ring
   model); ``patch.nb_patch = nb`` if ``nb ≤ 0`` else 1; ``init.normalize_init`` = False for
   ``greedy_corr`` else True; ``patch.del_duplicates`` = ``is_1p``;
   ``init.sigma_smooth_snmf = (0.5,) * (ndim + 1)``.
@@ -369,9 +369,9 @@ class InitParams(_Group):
     """Initialisation of spatial and temporal components.
 
     Attributes:
-        method: ``"greedy_roi"`` (GreedyROI, two-photon), ``"rolling_greedy_roi"`` (candidate
-            centres from the maximum of a rolling sum over ``rolling_length`` frames: sparse
-            activity), ``"greedy_corr"`` (CNMF-E: correlation × peak-to-noise seeds,
+        method: ``"greedy_roi"`` (GreedyROI), ``"rolling_greedy_roi"`` (candidate centres
+            from the maximum of a rolling sum over ``rolling_length`` frames: sparse activity;
+            the two-photon default), ``"greedy_corr"`` (CNMF-E: correlation × peak-to-noise seeds,
             one-photon), ``"sparse_nmf"`` (dendrites, no blob prior) or ``"seeded"`` (from
             given masks). CaImAn's ``method_init``: ``greedy_roi`` with its default
             ``rolling_sum=True`` is ``rolling_greedy_roi``; ``corr_pnr``/``greedy_pnr`` is
@@ -405,7 +405,7 @@ class InitParams(_Group):
 
     _group: ClassVar[str] = "init"
 
-    method: str = "greedy_roi"
+    method: str = "rolling_greedy_roi"
     K: int | None = 5
     gSig: tuple[float, ...] = (5.0, 5.0)
     gSiz: tuple[int, ...] = (11, 11)
@@ -815,8 +815,8 @@ class DeconvolutionParams(_Group):
     bas_nonneg: bool = True
     noise_range: tuple[float, float] = (0.25, 0.5)
     noise_method: str = "mean"
-    lags: int = 5
-    fudge_factor: float = 0.96
+    lags: int = 10
+    fudge_factor: float = 0.98
     optimize_g: int = 0
     method_deconvolution: str = "oasis"
 
@@ -832,7 +832,7 @@ class DeconvolutionParams(_Group):
         _choice(self._k("noise_method"), self.noise_method, NOISE_METHODS)
         _positive(self._k("lags"), self.lags, zero_ok=True)
         _need(0 < self.fudge_factor <= 1, self._k("fudge_factor"), self.fudge_factor,
-              "must lie in (0, 1]", "use e.g. 0.96")
+              "must lie in (0, 1]", "use e.g. 0.98")
         _positive(self._k("optimize_g"), self.optimize_g, zero_ok=True)
         _choice(self._k("method_deconvolution"), self.method_deconvolution, DECONVOLUTION_METHODS,
                 " (CaImAn's 'cvxpy'/'cvx' solvers are not provided)")
@@ -897,7 +897,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("init.tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 6 + 1e-9))),
     ("patch.p_ssub", lambda v, n: v["init.ssub"]),
     ("patch.p_tsub", lambda v, n: v["init.tsub"]),
-    ("init.method", lambda v, n: "greedy_corr" if v["data.is_1p"] else "greedy_roi"),
+    ("init.method", lambda v, n: "greedy_corr" if v["data.is_1p"] else "rolling_greedy_roi"),
     ("init.nb", lambda v, n: 0 if v["data.is_1p"] else 1),
     ("patch.nb_patch", lambda v, n: v["init.nb"] if v["init.nb"] <= 0 else 1),
     ("init.normalize_init", lambda v, n: v["init.method"] != "greedy_corr"),
@@ -1271,7 +1271,7 @@ def _resolve_rolling(v: dict[str, Any], sources: dict[str, str], is_1p: bool) ->
     if rolling is None:
         return
     rolling = _coerce(rolling, bool, sources.get("init.rolling_sum", "rolling_sum"))
-    method = v.get("init.method", "greedy_corr" if is_1p else "greedy_roi")
+    method = v.get("init.method", "greedy_corr" if is_1p else "rolling_greedy_roi")
     if method not in ("greedy_roi", "rolling_greedy_roi"):
         return  # rolling_sum only concerns GreedyROI
     wanted = "rolling_greedy_roi" if rolling else "greedy_roi"
