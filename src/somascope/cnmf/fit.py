@@ -1,0 +1,418 @@
+"""CNMF on one field of view: ``Y ≈ A·C + b·f + E`` (CaImAn paper, eq. 1).
+
+:func:`fit` runs the whole batch algorithm on a movie held in memory:
+
+1. noise level ``sn`` of every pixel (power spectral density, ``deconvolution.noise_range``);
+2. initialisation: ``init.method`` (GreedyROI, RollingGreedyROI, sparse NMF, …; see
+   :mod:`somascope.cnmf.initialization`) or, with ``seed_masks``, seeded initialisation
+   (:mod:`somascope.cnmf.seeded`);
+3. spatial update (:mod:`~somascope.cnmf.spatial`), then temporal update with OASIS
+   deconvolution, ``temporal.ITER`` block-coordinate passes (:mod:`~somascope.cnmf.temporal`);
+4. merging of overlapping, correlated components (:mod:`~somascope.cnmf.merging`), then a
+   second spatial and temporal update (as CaImAn does), and further merge → update rounds
+   while components still merge (at most :data:`MERGE_ROUNDS` in all);
+5. footprints scaled to unit L2 norm (traces carry the scale, as in CaImAn);
+6. quality evaluation (:func:`somascope.evaluation.evaluate_components`: trace SNR,
+   spatial consistency → accepted / rejected);
+7. with ``quality.refit``, :func:`refit`: the whole fit again, seeded with the accepted
+   footprints, and evaluated again.
+
+Patches (``patch.rf``) arrive with the out-of-core pipeline; until then the field of view is
+processed whole. When ``patch.rf`` is set, ``init.K`` counts components *per patch*, so the
+whole field of view gets ``init.K`` times the number of patches the grid would have — the
+same number of candidates the patch pipeline would start from; merging and the quality
+tests remove the surplus (:func:`components_per_fov`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .estimates import Estimates, collect_provenance
+
+__all__ = ["fit", "refit", "pixel_noise", "components_per_fov"]
+
+log = logging.getLogger(__name__)
+
+#: Merge → update rounds after the first update (the first round always updates, later
+#: rounds only when something merged).
+MERGE_ROUNDS = 2
+#: Fewest frames CNMF accepts (noise and time-constant estimation need them).
+MIN_FRAMES = 16
+#: Seed of every randomized start (randomized SVD of background / sparse NMF).
+SEED = 0
+#: Pixels per block of the pixel-noise estimate (bounds the float64 FFT work space).
+_NOISE_BLOCK = 4096
+
+
+def fit(
+    source: Any,
+    params: Any = None,
+    *,
+    seed_masks: Any = None,
+    engine: Any = None,
+    progress: bool = False,
+) -> Estimates:
+    """Extract components from a movie with CNMF (see the module docstring).
+
+    Parameters
+    ----------
+    source
+        The movie ``T × H × W`` (or ``T × Z × H × W``): ``numpy.ndarray``,
+        :class:`somascope.io.Movie` or :class:`somascope.store.Store`. It is read into memory
+        as float32 (the input is not modified).
+    params
+        :class:`somascope.params.Params` (e.g. ``Params.from_neuron(radius_px, fr=...)``) or
+        a dict :meth:`Params.from_dict` accepts; None: the defaults (5 px neurons, 30 Hz).
+    seed_masks
+        Masks of known cells (``K × *dims`` binary or real images, or ``pixels × K``): seeded
+        initialisation instead of ``init.method``. ``init.method="seeded"`` requires them.
+    engine
+        Optional :class:`somascope.parallel.Engine` for the deconvolution of large groups of
+        traces; None runs serially.
+    progress
+        Show a progress bar over the steps.
+
+    Returns
+    -------
+    Estimates
+        ``A`` (unit-norm columns), ``C``, ``S``, ``YrA``, ``b``, ``f``, ``sn``, ``neurons_sn``,
+        ``g``, ``bl``, ``c1``, ``lam``, the quality metrics and the accepted / rejected split,
+        the parameters used, ``seed`` and provenance.
+
+    Raises
+    ------
+    ParameterError
+        Parameters that cannot run here (``init.nb`` 0 or -1, ``seeded`` without masks, …).
+    ValueError
+        A movie of the wrong shape, too short, or with NaN / infinite values.
+    """
+    params = _as_params(params)
+    return _fit(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
+                allow_refit=True)
+
+
+def refit(
+    est: Estimates,
+    source: Any,
+    params: Any = None,
+    *,
+    engine: Any = None,
+    progress: bool = False,
+) -> Estimates:
+    """Run CNMF again seeded with the accepted footprints of ``est`` (CaImAn's ``refit``).
+
+    The accepted footprints (``est.accepted_indices``) are the real-valued seed masks of a new
+    :func:`fit` on ``source`` (the same movie), whose result is evaluated again.
+
+    Parameters
+    ----------
+    est
+        A fitted (and usually evaluated) :class:`Estimates`; not modified.
+    source
+        The movie ``est`` was computed from.
+    params
+        Parameters; None: ``est.params`` (else the defaults).
+    """
+    if not isinstance(est, Estimates):
+        raise TypeError(f"est must be an Estimates, got {type(est).__name__}.")
+    if params is None and est.params is not None:
+        params = est.params
+    params = _as_params(params)
+    accepted = est.accepted_indices
+    if accepted.size == 0:
+        raise ValueError("refit needs accepted components, but est accepts none. Fix: relax the "
+                         "quality thresholds (quality.min_SNR, quality.rval_thr) or refit "
+                         "est.select(indices) with the components you trust.")
+    masks = est.A[:, accepted]
+    out = _fit(source, params, seed_masks=masks, engine=engine, progress=progress,
+               allow_refit=False)
+    return dataclasses.replace(out, provenance={**out.provenance, "refit": True})
+
+
+def pixel_noise(Y: np.ndarray, params: Any = None) -> np.ndarray:
+    """Noise standard deviation of every pixel, ``(pixels,)`` float64 in movie units.
+
+    The average of each pixel's periodogram over ``deconvolution.noise_range`` (method
+    ``deconvolution.noise_method``), computed :data:`_NOISE_BLOCK` pixels at a time.
+    """
+    from somascope.deconvolution import estimate_noise
+
+    params = _as_params(params)
+    arr = np.asarray(Y)
+    Y2 = arr.reshape(arr.shape[0], -1)
+    P = Y2.shape[1]
+    out = np.empty(P)
+    dec = params.deconvolution
+    for p0 in range(0, P, _NOISE_BLOCK):
+        p1 = min(P, p0 + _NOISE_BLOCK)
+        out[p0:p1] = estimate_noise(Y2[:, p0:p1].T, dec.noise_range, dec.noise_method)
+    return out
+
+
+def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
+    """Components to initialise on the whole field of view ``dims``.
+
+    ``init.K`` when ``patch.rf`` is None. Otherwise ``init.K`` counts components per patch
+    (``2·rf`` wide, overlapping by ``stride``) and the field of view gets ``init.K`` times the
+    number of patches of the grid, counting an axis shorter than a patch as the fraction
+    ``size / (2·rf)`` of one (rounded up to a whole component).
+    """
+    params = _as_params(params)
+    K = params.init.K
+    if K is None:
+        raise ValueError("init.K is None; the number of components must be given for this method.")
+    rf = params.patch.rf
+    if rf is None:
+        return int(K)
+    n = 1.0
+    for d, r, s in zip(dims, rf, params.patch.stride):
+        width = 2 * r
+        step = max(1, width - s)
+        n *= d / width if d <= width else math.ceil((d - width) / step) + 1
+    return max(1, math.ceil(K * n - 1e-9))
+
+
+# ------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
+         allow_refit: bool) -> Estimates:
+    from somascope.params import ParameterError
+
+    _check_model(params, seeded=seed_masks is not None)
+    Y, input_path = _read_movie(source, params)
+    dims = tuple(Y.shape[1:])
+    steps = _Steps(progress, total=6 + (1 if (allow_refit and params.quality.refit) else 0))
+    t_start = time.perf_counter()
+
+    with steps.step("noise"):
+        sn = pixel_noise(Y, params)
+    with steps.step("initialisation"):
+        if seed_masks is not None:
+            from .seeded import seeded_initialization
+
+            init = seeded_initialization(Y, seed_masks, nb=params.init.nb, seed=SEED)
+        elif params.init.method == "seeded":
+            raise ParameterError("init.method='seeded' starts from given masks. Fix: pass them "
+                                 "as fit(..., seed_masks=masks), or choose another method.")
+        else:
+            from .initialization import initialize
+
+            K_fov = components_per_fov(params, dims)
+            run_params = params if K_fov == params.init.K else params.replace(K=K_fov)
+            if K_fov != params.init.K:
+                log.info("patch.rf=%s: initialising %d components on the whole field of view "
+                         "(%d per patch)", params.patch.rf, K_fov, params.init.K)
+            init = initialize(Y, run_params)
+    log.info("initialised %d components (%s)", init.K, init.method)
+
+    with steps.step("spatial + temporal updates"):
+        state = _State(A=init.A, C=init.C, b=init.b, f=init.f)
+        state = _update(Y, state, sn, params, engine)
+    with steps.step("merging"):
+        est = _to_estimates(state, dims, sn, params, input_path)
+        from .merging import merge_components
+
+        for round_ in range(MERGE_ROUNDS):
+            merged = merge_components(est, params)
+            if merged.n_merged == 0 and round_ > 0:
+                break
+            if merged.n_merged:
+                log.info("merged %d groups (%d components)", merged.n_merged,
+                         sum(g.size for g in merged.groups))
+            m = merged.estimates
+            state = _update(Y, _State(A=m.A, C=m.C, b=m.b, f=m.f), sn, params, engine)
+            est = _to_estimates(state, dims, sn, params, input_path)
+    with steps.step("normalise"):
+        est = _normalised(est)
+    with steps.step("evaluation"):
+        from somascope.evaluation import evaluate_components
+
+        est = evaluate_components(est, Y, params) if est.K else est
+    if allow_refit and params.quality.refit and est.K:
+        with steps.step("refit"):
+            if est.accepted_indices.size:
+                est = _fit(Y, params, seed_masks=est.A[:, est.accepted_indices], engine=engine,
+                           progress=False, allow_refit=False)
+                est = dataclasses.replace(est, provenance=_provenance(input_path, params, refit=True))
+            else:
+                log.warning("quality.refit: no component was accepted, so there is nothing to refit")
+    steps.close()
+    log.info("CNMF: %d components (%d accepted) in %.1f s", est.K, est.accepted_indices.size,
+             time.perf_counter() - t_start)
+    return est
+
+
+@dataclasses.dataclass
+class _State:
+    """Components between steps (and the deconvolution outputs once there are some)."""
+
+    A: sp.csc_matrix
+    C: np.ndarray
+    b: np.ndarray
+    f: np.ndarray
+    temporal: Any = None
+
+
+def _update(Y: np.ndarray, state: _State, sn: np.ndarray, params: Any, engine: Any) -> _State:
+    """One spatial update then one temporal update."""
+    from .spatial import update_spatial
+    from .temporal import update_temporal
+
+    up = update_spatial(Y, state.A, state.C, state.f, sn, params, b=state.b)
+    C = np.asarray(state.C)[up.kept]
+    if up.kept.size < state.A.shape[1]:
+        log.info("spatial update: %d empty components removed", state.A.shape[1] - up.kept.size)
+    tu = update_temporal(Y, up.A, up.b, C, state.f, params, engine=engine)
+    return _State(A=up.A, C=tu.C, b=up.b, f=tu.f, temporal=tu)
+
+
+def _to_estimates(state: _State, dims: tuple[int, ...], sn: np.ndarray, params: Any,
+                  input_path: Any) -> Estimates:
+    tu = state.temporal
+    return Estimates(
+        A=state.A, dims=dims, C=tu.C, S=tu.S, YrA=tu.YrA, b=state.b.astype(np.float32),
+        f=tu.f, sn=sn.astype(np.float32), neurons_sn=tu.neurons_sn, g=tu.g, bl=tu.bl, c1=tu.c1,
+        lam=tu.lam, frame_rate=params.data.fr, params=params.to_dict(), seed=SEED,
+        provenance=_provenance(input_path, params),
+    )
+
+
+def _normalised(est: Estimates) -> Estimates:
+    """Footprints and background footprints scaled to unit L2 norm; traces carry the scale."""
+    A = sp.csc_matrix(est.A, dtype=np.float64)
+    norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    A = sp.csc_matrix(A @ sp.diags(1.0 / norms), dtype=np.float32)
+    scaled: dict[str, Any] = {"A": A}
+    for name in ("C", "S", "YrA"):
+        arr = getattr(est, name)
+        if arr is not None:
+            scaled[name] = (arr * norms[:, None]).astype(arr.dtype)
+    for name in ("bl", "c1", "neurons_sn", "lam"):
+        arr = getattr(est, name)
+        if arr is not None:
+            scaled[name] = arr * norms
+    if est.b is not None and est.b.shape[1]:
+        bn = np.linalg.norm(est.b, axis=0)
+        bn[bn == 0] = 1.0
+        scaled["b"] = (est.b / bn).astype(np.float32)
+        scaled["f"] = (est.f * bn[:, None]).astype(np.float32)
+    return dataclasses.replace(est, **scaled)
+
+
+# ------------------------------------------------------------------------------------------
+# input checks
+
+
+def _as_params(params: Any) -> Any:
+    from somascope.params import Params
+
+    if params is None:
+        return Params()
+    if isinstance(params, Params):
+        return params
+    if isinstance(params, dict):
+        return Params.from_dict(params)
+    raise TypeError(f"params must be a somascope.params.Params or a dict, got "
+                    f"{type(params).__name__}. Fix: Params.from_neuron(radius_px, fr=...).")
+
+
+def _check_model(params: Any, *, seeded: bool) -> None:
+    from somascope.params import ParameterError
+
+    nb = params.init.nb
+    if nb == 0:
+        raise ParameterError("init.nb=0 selects the CNMF-E ring background of one-photon data, "
+                             "which arrives with the one-photon pipeline. Fix: use init.nb ≥ 1 "
+                             "(global low-rank background) or -2 (none).")
+    if nb == -1:
+        raise ParameterError("init.nb=-1 (full-rank background) only exists inside patches of the "
+                             "patch pipeline. Fix: use init.nb ≥ 1, or -2 for no background.")
+    if not seeded and params.init.method != "seeded" and params.init.K is None:
+        raise ParameterError(f"init.K=None: method {params.init.method!r} needs the number of "
+                             "components. Fix: set init.K.")
+
+
+def _read_movie(source: Any, params: Any) -> tuple[np.ndarray, Any]:
+    """The movie as a float32 array (a copy only when the dtype or layout needs one)."""
+    from somascope.io import iter_chunks
+
+    shape = tuple(getattr(source, "shape", np.shape(source)))
+    input_path = None
+    for attr in ("path", "paths"):
+        value = getattr(source, attr, None)
+        if value is not None:
+            input_path = value[0] if isinstance(value, (list, tuple)) else value
+            break
+    ndim = params.ndim
+    if len(shape) != ndim + 1:
+        raise ValueError(f"the movie has shape {shape}, but the parameters describe {ndim}-D "
+                         f"frames (data.dxy={params.data.dxy}), so a {ndim + 1}-D movie "
+                         f"T × {'Z × ' if ndim == 3 else ''}H × W is expected. Fix: build Params "
+                         f"with one neuron radius per spatial axis of the frames.")
+    T = shape[0]
+    if T < MIN_FRAMES:
+        raise ValueError(f"the movie has {T} frames; CNMF needs at least {MIN_FRAMES} to estimate "
+                         "noise levels and time constants. Fix: pass a longer recording.")
+    if min(shape[1:]) < 1:
+        raise ValueError(f"the movie's frames {shape[1:]} are empty.")
+    if isinstance(source, np.ndarray):
+        if source.dtype.kind not in "biuf":
+            raise ValueError(f"the movie must hold real numbers, got dtype {source.dtype}.")
+        Y = np.ascontiguousarray(source, dtype=np.float32)
+    else:
+        Y = np.empty(shape, np.float32)
+        for t0, chunk in iter_chunks(source, 256):
+            Y[t0:t0 + chunk.shape[0]] = chunk
+    finite = np.isfinite(Y)
+    if not finite.all():
+        t_bad = int(np.argwhere(~finite)[0][0])
+        raise ValueError(f"the movie contains NaN or infinite values (first in frame {t_bad}). "
+                         "Fix: motion-correct with border_mode='copy' or 'zero', or crop the "
+                         "borders, so that every pixel holds a number.")
+    return Y, input_path
+
+
+def _provenance(input_path: Any, params: Any, *, refit: bool = False) -> dict:
+    return collect_provenance(input_path, stage="cnmf", init_method=params.init.method,
+                              refit=refit)
+
+
+class _Steps:
+    """A progress bar over named steps (and a log line with the time of each)."""
+
+    def __init__(self, show: bool, total: int) -> None:
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="cnmf", unit="step")
+
+    def step(self, name: str) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def run() -> Any:
+            if self.bar is not None:
+                self.bar.set_postfix_str(name)
+            t0 = time.perf_counter()
+            yield
+            log.info("cnmf %s: %.2f s", name, time.perf_counter() - t0)
+            if self.bar is not None:
+                self.bar.update(1)
+
+        return run()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

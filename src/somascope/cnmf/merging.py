@@ -1,0 +1,228 @@
+"""Merging components that are one neuron (CaImAn paper, eq. 3).
+
+Two components are *linked* when their footprints overlap (share a pixel) and their
+denoised traces ``C`` correlate above ``merge.merge_thr``. Each connected group of linked
+components becomes one component: the rank-1 non-negative factorisation ``a·c`` of the
+group's joint contribution ``Σ_i a_i·(c_i + r_i)`` (footprints times raw traces, ``r`` the
+residual traces ``YrA``), computed by alternating non-negative least squares on the factored
+form (the group's pixels × T matrix is never formed). The merged trace is then deconvolved
+with OASIS like any other trace. Groups whose merged footprint would cover more than
+``merge.max_merge_area`` pixels are left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .estimates import Estimates
+
+__all__ = ["MergeResult", "find_merge_groups", "merge_components"]
+
+#: Alternating updates of the rank-1 factorisation of a group.
+RANK1_ITERATIONS = 30
+#: Pairs of traces correlated per chunk (bounds memory: chunk × T values).
+_PAIR_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Result of :func:`merge_components`.
+
+    Attributes
+    ----------
+    estimates : Estimates
+        The components after merging: the unmerged ones in their original order, then one
+        component per merged group. Quality fields and accepted/rejected lists are cleared.
+    groups : list of int64 arrays
+        For each merged component (in output order), the input components it replaces.
+    """
+
+    estimates: Estimates
+    groups: list[np.ndarray]
+
+    @property
+    def n_merged(self) -> int:
+        """Number of merged groups."""
+        return len(self.groups)
+
+
+def find_merge_groups(
+    A: Any, C: np.ndarray, thr: float, *, max_merge_area: int | None = None
+) -> list[np.ndarray]:
+    """Groups of components to merge: connected sets of overlapping, correlated components.
+
+    Parameters
+    ----------
+    A
+        Footprints ``pixels × K``.
+    C
+        Denoised traces ``K × T``.
+    thr
+        Correlation above which two overlapping components are linked, in (0, 1].
+    max_merge_area
+        Groups whose footprints together cover more pixels are dropped; None: no limit.
+
+    Returns
+    -------
+    list of int64 arrays, each sorted, of at least two components; ordered by their first
+    component.
+    """
+    from scipy.sparse.csgraph import connected_components
+
+    A = sp.csc_matrix(A)
+    K = A.shape[1]
+    C = np.asarray(C, dtype=np.float64)
+    if C.shape[0] != K:
+        raise ValueError(f"C has {C.shape[0]} traces but A has K={K} components.")
+    if not 0 < thr <= 1:
+        raise ValueError(f"merge threshold {thr} must lie in (0, 1]; use e.g. 0.8.")
+    if K < 2:
+        return []
+    mask = A.copy()
+    mask.data = (mask.data != 0).astype(np.float64)
+    overlap = sp.triu(mask.T @ mask, k=1).tocoo()
+    i, j = overlap.row, overlap.col
+    if i.size == 0:
+        return []
+    centred = C - C.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(centred, axis=1)
+    unit = np.divide(centred, norm[:, None], out=np.zeros_like(centred), where=norm[:, None] > 0)
+    corr = np.empty(i.size)
+    for s in range(0, i.size, _PAIR_CHUNK):
+        e = min(i.size, s + _PAIR_CHUNK)
+        corr[s:e] = np.einsum("pt,pt->p", unit[i[s:e]], unit[j[s:e]])
+    linked = corr > thr
+    if not linked.any():
+        return []
+    graph = sp.coo_matrix((np.ones(int(linked.sum())), (i[linked], j[linked])), shape=(K, K))
+    n, label = connected_components(graph, directed=False)
+    groups = []
+    for lab in range(n):
+        members = np.flatnonzero(label == lab)
+        if members.size < 2:
+            continue
+        if max_merge_area is not None:
+            area = np.unique(A[:, members].indices).size
+            if area > max_merge_area:
+                continue
+        groups.append(members.astype(np.int64))
+    groups.sort(key=lambda g: int(g[0]))
+    return groups
+
+
+def merge_components(est: Estimates, params: Any = None, *, engine: Any = None) -> MergeResult:
+    """Merge overlapping, correlated components of ``est`` (see the module docstring).
+
+    ``est`` needs ``A`` and ``C``; ``YrA`` (residual traces) is used when present. The
+    deconvolution fields of the merged components (``S``, ``bl``, ``c1``, ``neurons_sn``,
+    ``g``, ``lam``) come from deconvolving their new traces; fields ``est`` does not hold stay
+    None. ``est`` is not modified.
+
+    Parameters
+    ----------
+    est
+        Components to merge.
+    params
+        :class:`somascope.params.Params`: ``merge.merge_thr``, ``merge.max_merge_area``,
+        ``merge.do_merge`` (False: nothing is merged) and the ``deconvolution`` group.
+    engine
+        Unused for now (merging is cheap); accepted for symmetry with the other steps.
+    """
+    from somascope.deconvolution import deconvolve_traces
+    from somascope.params import Params
+
+    params = Params() if params is None else params
+    if est.C is None:
+        raise ValueError("merging needs traces: est.C is None. Run the temporal update first.")
+    groups = []
+    if params.merge.do_merge:
+        groups = find_merge_groups(est.A, est.C, params.merge.merge_thr,
+                                   max_merge_area=params.merge.max_merge_area)
+    if not groups:
+        return MergeResult(estimates=_clear_quality(est.select(np.arange(est.K))), groups=[])
+
+    A = sp.csc_matrix(est.A, dtype=np.float64)
+    C = est.C.astype(np.float64)
+    raw = C if est.YrA is None else C + est.YrA.astype(np.float64)
+    merged_a, merged_raw = [], []
+    for members in groups:
+        a, c = _rank1(A[:, members], raw[members])
+        merged_a.append(a)
+        merged_raw.append(c)
+    raw_new = np.vstack(merged_raw)
+    dec = deconvolve_traces(raw_new, params=params.deconvolution)
+
+    keep = np.setdiff1d(np.arange(est.K), np.concatenate(groups))
+    base = est.select(keep)
+    A_out = sp.hstack([base.A, sp.hstack(merged_a)], format="csc").astype(np.float32)
+
+    def stack(name: str, new: np.ndarray, dtype: Any) -> np.ndarray | None:
+        old = getattr(base, name)
+        if old is None:
+            return None
+        return np.concatenate([old, new.astype(old.dtype if dtype is None else dtype)])
+
+    fields: dict[str, Any] = {
+        "C": stack("C", dec.C, None),
+        "S": stack("S", dec.S, None),
+        "YrA": stack("YrA", raw_new - dec.C, None),
+        "bl": stack("bl", dec.b, None),
+        "c1": stack("c1", dec.c1, None),
+        "neurons_sn": stack("neurons_sn", dec.sn, None),
+        "lam": stack("lam", dec.lam, None),
+    }
+    if base.g is not None:
+        g_new = dec.g if dec.g.shape[1] == base.g.shape[1] else np.zeros((len(groups), base.g.shape[1]))
+        fields["g"] = np.concatenate([base.g, g_new.astype(base.g.dtype)])
+    merged = Estimates(
+        A=A_out, dims=est.dims, b=base.b, f=base.f, sn=base.sn, frame_rate=est.frame_rate,
+        params=base.params, software_version=est.software_version, seed=est.seed,
+        provenance=base.provenance, extra=base.extra, **fields,
+    )
+    return MergeResult(estimates=merged, groups=groups)
+
+
+def _rank1(X: sp.csc_matrix, Z: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
+    """Rank-1 NMF ``a·c ≈ X·Z`` (``X``: pixels × n footprints, ``Z``: n × T traces).
+
+    Returns the footprint as a unit-norm sparse column and its raw trace ``c = aᵀ·X·Z``
+    (T,), float64.
+    """
+    rows = np.unique(X.indices)
+    Xd = X[rows].toarray()  # (m, n)
+    weights = np.linalg.norm(Xd, axis=0)
+    c = np.maximum(weights @ Z, 0.0)  # start: the traces weighted by footprint size
+    a = np.zeros(rows.size)
+    for _ in range(RANK1_ITERATIONS):
+        cc = c @ c
+        if cc <= 0:
+            break
+        a_new = np.maximum(Xd @ (Z @ c) / cc, 0.0)
+        aa = a_new @ a_new
+        if aa <= 0:
+            break
+        c_new = np.maximum((a_new @ Xd) @ Z / aa, 0.0)
+        done = np.allclose(a_new, a, rtol=1e-6, atol=0) and np.allclose(c_new, c, rtol=1e-6, atol=0)
+        a, c = a_new, c_new
+        if done:
+            break
+    norm = np.linalg.norm(a)
+    if norm > 0:
+        a = a / norm
+    else:  # degenerate group: fall back to the summed footprint
+        a = Xd.sum(axis=1)
+        a /= max(np.linalg.norm(a), 1e-300)
+    c = (a @ Xd) @ Z  # the raw trace of the merged footprint (not clipped: noise stays whole)
+    col = sp.csc_matrix((a, (rows, np.zeros(rows.size, np.int64))), shape=(X.shape[0], 1))
+    col.eliminate_zeros()
+    return col, c
+
+
+def _clear_quality(est: Estimates) -> Estimates:
+    for name in ("SNR_comp", "r_values", "cnn_preds", "idx_components", "idx_components_bad"):
+        setattr(est, name, None)
+    return est

@@ -1,0 +1,193 @@
+"""Seeded initialisation of CNMF from given masks (CaImAn paper, Algorithm 3).
+
+Masks (binary, or real-valued weights) say where the cells are, e.g. drawn by hand, taken
+from a structural channel, or the accepted footprints of an earlier run (refit). From them:
+
+1. the temporal background ``f`` is a rank-``nb`` NMF of the pixels that no mask covers, and
+   the spatial background ``b`` is fitted on every pixel with ``f`` held fixed
+   (:func:`somascope.cnmf.initialization.initial_background`);
+2. the traces are the non-negative least-squares fit of the masks to the data without the
+   background: ``C = max(0, (MᵀM)⁻¹·Mᵀ(Y − b·f))``;
+3. the footprints are the non-negative least-squares fit of those traces, restricted to the
+   masks: ``A = max(0, (Y − b·f)·Cᵀ(CCᵀ)⁻¹) ⊙ [M > 0]``.
+
+The products with the movie are computed blockwise (``MᵀY``, ``Y·Cᵀ`` on the masked pixels);
+``b·f`` and ``A·C`` are never formed over the movie. A mask whose fitted footprint comes out
+empty (a cell that never fires) keeps its mask, normalised, as footprint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .initialization import Initialization, initial_background
+
+__all__ = ["as_masks", "seeded_initialization"]
+
+#: Relative ridge added to the normal equations (masks or traces may be collinear).
+RIDGE = 1e-9
+#: Pixels per block when forming ``Y·Cᵀ`` on the masked pixels.
+BLOCK_PIXELS = 5000
+
+
+def seeded_initialization(Y: np.ndarray, masks: Any, *, nb: int = 1, seed: int = 0) -> Initialization:
+    """Initial ``A, C, b, f`` from masks (see the module docstring).
+
+    Parameters
+    ----------
+    Y
+        Movie ``T × *dims`` (2-D or 3-D frames); not modified.
+    masks
+        ``K × *dims`` images (boolean or non-negative weights) or a ``pixels × K`` matrix
+        (dense or ``scipy.sparse``, pixels in C order of ``dims``).
+    nb
+        Background components (≥ 1), or ≤ 0 for none.
+    seed
+        Seed of the randomized SVD that starts a background of rank > 1.
+
+    Returns
+    -------
+    Initialization
+        ``A`` (unit-norm columns, one per mask, in mask order), ``C``, ``b``, ``f``, centres;
+        ``method="seeded"``.
+    """
+    from .temporal import project_movie
+
+    Y = np.asarray(Y)
+    if Y.ndim not in (3, 4) or Y.dtype.kind not in "biuf":
+        raise ValueError(f"Y must be a real movie T × H × W (or T × Z × H × W), got shape "
+                         f"{Y.shape} and dtype {Y.dtype}.")
+    T, dims = Y.shape[0], tuple(int(d) for d in Y.shape[1:])
+    P = math.prod(dims)
+    M = as_masks(masks, dims)
+    K = M.shape[1]
+    Y2 = Y.reshape(T, P)
+
+    covered = np.zeros(P, bool)
+    covered[M.indices] = True
+    if nb >= 1:
+        if (~covered).sum() < nb:
+            raise ValueError(f"the masks cover {covered.sum()} of {P} pixels, leaving fewer than "
+                             f"nb={nb} uncovered pixels to estimate the background from. Fix: use "
+                             "smaller masks or fewer background components.")
+        # f from the uncovered pixels (one contiguous copy of them), b on all pixels
+        free = np.flatnonzero(~covered)
+        _, f = initial_background(np.ascontiguousarray(Y2[:, free].T), nb, seed=seed)
+        f64 = f.astype(np.float64)
+        b64 = _background_footprints(Y2, f64)
+    else:
+        b64, f64 = np.zeros((P, 0)), np.zeros((0, T))
+
+    # traces: least squares of the masks on Y − b·f
+    MtY = project_movie(Y2, M, BLOCK_PIXELS) - (M.T @ b64) @ f64
+    MtM = (M.T @ M).toarray()
+    C = np.maximum(_solve_spd(MtM, MtY), 0.0)
+
+    # footprints: least squares of the traces on Y − b·f, on the masked pixels only
+    rows = np.flatnonzero(covered)
+    CCt = C @ C.T
+    YCt = np.empty((rows.size, K))
+    Cf32 = C.astype(np.float32)
+    for s in range(0, rows.size, BLOCK_PIXELS):
+        r = rows[s:s + BLOCK_PIXELS]
+        YCt[s:s + r.size] = (Cf32 @ np.asarray(Y2[:, r], dtype=np.float32)).T
+    YCt -= b64[rows] @ (f64 @ C.T)
+    A_rows = np.maximum(_solve_spd(CCt, YCt.T).T, 0.0)  # (rows, K)
+    support = M[rows].toarray() > 0
+    A_rows *= support
+    empty = ~np.any(A_rows > 0, axis=0)
+    if empty.any():  # silent cells: keep the mask itself
+        A_rows[:, empty] = M[rows][:, np.flatnonzero(empty)].toarray()
+    coo = sp.coo_matrix(A_rows)
+    A = sp.csc_matrix((coo.data, (rows[coo.row], coo.col)), shape=(P, K))
+    norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    A = sp.csc_matrix(A @ sp.diags(1.0 / norms))
+    C = C * norms[:, None]
+    A.sort_indices()
+    return Initialization(
+        A=sp.csc_matrix(A, dtype=np.float32), C=C.astype(np.float32),
+        b=np.ascontiguousarray(b64, dtype=np.float32), f=np.ascontiguousarray(f64, dtype=np.float32),
+        center=_centers(A, dims), method="seeded", dims=dims,
+    )
+
+
+def as_masks(masks: Any, dims: tuple[int, ...]) -> sp.csc_matrix:
+    """Masks as a non-negative float64 ``pixels × K`` CSC matrix (see :func:`seeded_initialization`).
+
+    Raises ``ValueError`` for a shape that fits neither layout, negative or non-finite
+    values, no masks, or an empty mask (naming it).
+    """
+    dims = tuple(int(d) for d in dims)
+    P = math.prod(dims)
+    if sp.issparse(masks):
+        M = sp.csc_matrix(masks, dtype=np.float64)
+        if M.shape[0] != P:
+            raise ValueError(f"sparse masks must be pixels × K with {P} pixels (frames {dims}), "
+                             f"got shape {M.shape}.")
+    else:
+        arr = np.asarray(masks)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"masks must be boolean or numeric, got dtype {arr.dtype}.")
+        if arr.ndim == len(dims) + 1 and tuple(arr.shape[1:]) == dims:
+            M = sp.csc_matrix(arr.reshape(arr.shape[0], P).T.astype(np.float64))
+        elif arr.ndim == 2 and arr.shape[0] == P:
+            M = sp.csc_matrix(arr.astype(np.float64))
+        elif arr.ndim == len(dims) and tuple(arr.shape) == dims:
+            M = sp.csc_matrix(arr.reshape(P, 1).astype(np.float64))
+        else:
+            raise ValueError(f"masks of shape {arr.shape} fit neither K × {dims} images nor a "
+                             f"pixels × K matrix with {P} pixels. Fix: stack one mask image "
+                             "per cell along the first axis.")
+    if M.shape[1] == 0:
+        raise ValueError("no masks were given (K = 0). Fix: pass at least one mask.")
+    if M.nnz and not np.all(np.isfinite(M.data)):
+        raise ValueError("masks contain NaN or infinite values.")
+    if M.nnz and M.data.min() < 0:
+        raise ValueError("masks must be non-negative (binary masks or footprint weights).")
+    M.eliminate_zeros()
+    empty = np.flatnonzero(np.diff(M.indptr) == 0)
+    if empty.size:
+        raise ValueError(f"mask(s) {empty[:10].tolist()} are empty (no pixel > 0). Fix: drop them.")
+    M.sort_indices()
+    return M
+
+
+def _background_footprints(Y2: np.ndarray, f: np.ndarray, n_iter: int = 30) -> np.ndarray:
+    """Non-negative ``b`` (pixels × nb) minimising ``‖Y − b·f‖`` with ``f`` fixed.
+
+    The least-squares solution clipped at 0, refined by ``n_iter`` HALS passes over the
+    background components (exact for nb = 1).
+    """
+    W = (f.astype(np.float32) @ Y2).T.astype(np.float64)  # (P, nb) = Y·fᵀ
+    F = f @ f.T
+    b = np.maximum(_solve_spd(F, W.T).T, 0.0)
+    if f.shape[0] > 1:
+        for _ in range(n_iter):
+            for j in range(f.shape[0]):
+                if F[j, j] > 0:
+                    b[:, j] = np.maximum(b[:, j] + (W[:, j] - b @ F[:, j]) / F[j, j], 0.0)
+    return b
+
+
+def _solve_spd(G: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """``G⁻¹R`` for a symmetric positive semi-definite ``G`` with a small relative ridge."""
+    from scipy.linalg import cho_factor, cho_solve
+
+    G = np.asarray(G, dtype=np.float64)
+    if G.size == 0:
+        return np.zeros_like(R)
+    ridge = RIDGE * max(float(np.max(np.diag(G))), 1e-300)
+    factor = cho_factor(G + ridge * np.eye(G.shape[0]), lower=True, check_finite=False)
+    return cho_solve(factor, R, check_finite=False)
+
+
+def _centers(A: sp.csc_matrix, dims: tuple[int, ...]) -> np.ndarray:
+    coords = np.stack(np.unravel_index(np.arange(A.shape[0]), dims), axis=1).astype(np.float64)
+    w = np.asarray(A.sum(axis=0)).ravel()
+    w[w == 0] = 1.0
+    return np.asarray(A.T @ coords) / w[:, None]

@@ -1,0 +1,282 @@
+"""Temporal update of CNMF: traces ``C`` (deconvolved with OASIS) and background ``f``.
+
+Given footprints ``A`` (pixels × K) and background ``b`` (pixels × nb), the traces solve
+``Y ≈ A·C + b·f`` by block-coordinate descent (CaImAn's ``update_temporal_components``).
+With ``Ab = [A, b]``, ``X = [C; f]`` and ``AA = AbᵀAb``, the *raw trace* of component ``i``
+given all the others is
+
+    raw_i = X_i + (AbᵀY − AA·X)_i / AA_ii,
+
+the least-squares amplitude of the data left after removing every other component,
+projected on footprint ``i``. Components whose footprints do not overlap are independent,
+so they are updated together: the components are split into groups of spatially
+non-overlapping footprints (a greedy colouring of the overlap graph), and each pass visits
+the background rows (each kept non-negative) and then every group, deconvolving the raw
+traces of a group at once with :func:`somascope.deconvolution.deconvolve_traces` (OASIS,
+AR order ``deconvolution.p``; noise and time constants estimated per trace on the first
+pass and held for the following ones). ``temporal.ITER`` passes are made.
+
+The movie is read once, ``temporal.block_size_temp`` pixels at a time, to form ``AbᵀY``
+(``(K + nb) × T``); nothing of size pixels × T is formed. The residual traces
+``YrA = raw − C`` (the part of the raw trace the model leaves out, including each trace's
+baseline) are returned with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["TemporalUpdate", "project_movie", "update_order", "update_temporal"]
+
+#: Traces per group above which deconvolution goes to the engine (if one is given).
+ENGINE_MIN_TRACES = 256
+
+
+@dataclass(frozen=True)
+class TemporalUpdate:
+    """Result of :func:`update_temporal` (``K`` components, ``nb`` background, ``T`` frames).
+
+    Attributes
+    ----------
+    C, S, YrA : ndarray, K × T, float32
+        Denoised calcium (baseline removed), deconvolved activity, residual traces
+        (raw trace = ``C + YrA``; the baseline ``bl`` is in ``YrA``).
+    f : ndarray, nb × T, float32
+        Background traces (non-negative).
+    bl, c1, neurons_sn, lam : ndarray, (K,), float64
+        Baseline, initial calcium, noise level and sparsity penalty of each trace.
+    g : ndarray, K × p, float64
+        AR coefficients (``p = deconvolution.p``; ``K × 0`` for p = 0).
+    """
+
+    C: np.ndarray
+    S: np.ndarray
+    YrA: np.ndarray
+    f: np.ndarray
+    bl: np.ndarray
+    c1: np.ndarray
+    neurons_sn: np.ndarray
+    lam: np.ndarray
+    g: np.ndarray
+
+
+def update_temporal(
+    Y: np.ndarray,
+    A: Any,
+    b: np.ndarray,
+    C: np.ndarray,
+    f: np.ndarray,
+    params: Any = None,
+    *,
+    g: np.ndarray | None = None,
+    engine: Any = None,
+) -> TemporalUpdate:
+    """Update the traces of CNMF given the footprints.
+
+    Parameters
+    ----------
+    Y
+        Movie ``T × *dims``; read ``temporal.block_size_temp`` pixels at a time.
+    A
+        Footprints ``pixels × K`` (sparse or dense); every column must be non-zero.
+    b
+        Background footprints ``pixels × nb`` (``nb`` may be 0).
+    C
+        Current traces ``K × T`` (starting point of the block-coordinate descent).
+    f
+        Current background traces ``nb × T``.
+    params
+        :class:`somascope.params.Params`: ``temporal.ITER`` passes, ``temporal.block_size_temp``,
+        and the ``deconvolution`` group (AR order ``p``, noise band, ``s_min``, …).
+    g
+        AR coefficients ``K × p`` to use instead of estimating them.
+    engine
+        Optional :class:`somascope.parallel.Engine` for deconvolving large groups.
+
+    Returns
+    -------
+    TemporalUpdate
+    """
+    from somascope.deconvolution import deconvolve_traces
+    from somascope.params import Params
+
+    params = Params() if params is None else params
+    Y2 = _frames(Y)
+    T, P = Y2.shape
+    A = sp.csc_matrix(A) if sp.issparse(A) else sp.csc_matrix(np.asarray(A))
+    if A.shape[0] != P:
+        raise ValueError(f"A must be pixels × K with {P} pixels, got shape {A.shape}.")
+    K = A.shape[1]
+    b = np.asarray(b, dtype=np.float64).reshape(P, -1) if np.size(b) else np.zeros((P, 0))
+    nb = b.shape[1]
+    C = np.asarray(C, dtype=np.float64)
+    f = np.asarray(f, dtype=np.float64).reshape(nb, T) if nb else np.zeros((0, T))
+    if C.shape != (K, T):
+        raise ValueError(f"C must be K × T = ({K}, {T}), got shape {C.shape}.")
+    p = params.deconvolution.p
+    if g is not None:
+        g = np.asarray(g, dtype=np.float64).reshape(K, -1)
+        if g.shape[1] != p:
+            raise ValueError(f"g has {g.shape[1]} AR coefficients per trace but deconvolution.p={p}.")
+
+    Ab = sp.hstack([A.astype(np.float64), sp.csc_matrix(b)], format="csc")
+    AA = sp.csc_matrix(Ab.T @ Ab)
+    diag = AA.diagonal().copy()
+    if np.any(diag[:K] <= 0):
+        bad = np.flatnonzero(diag[:K] <= 0)
+        raise ValueError(f"components {bad.tolist()} have empty footprints; drop them before "
+                         "the temporal update.")
+    diag[diag <= 0] = 1.0
+    X = np.vstack([C, f])
+    AbY = project_movie(Y2, Ab, params.temporal.block_size_temp)
+    # R = raw − X for every row, kept up to date as rows change.
+    R = (AbY - AA @ X) / diag[:, None]
+
+    out = _Outputs.empty(K, T, p)
+    groups = update_order(A)
+    g_fixed = g
+    for it in range(params.temporal.ITER):
+        for j in range(nb):  # background rows: non-negative least squares, one at a time
+            row = K + j
+            new = np.maximum(R[row] + X[row], 0.0)
+            _apply(R, X, AA, diag, np.array([row]), new[None, :])
+        for group in groups:
+            raw = R[group] + X[group]
+            dec = deconvolve_traces(
+                raw, g=None if g_fixed is None else g_fixed[group], params=params.deconvolution,
+                engine=engine if (engine is not None and group.size >= ENGINE_MIN_TRACES) else None,
+            )
+            out.store(group, dec)
+            _apply(R, X, AA, diag, group, dec.C.astype(np.float64))
+        if g_fixed is None and p > 0:
+            g_fixed = out.g.copy()  # time constants from the first pass are kept
+
+    return TemporalUpdate(
+        C=X[:K].astype(np.float32), S=out.S, YrA=R[:K].astype(np.float32),
+        f=X[K:].astype(np.float32), bl=out.bl, c1=out.c1, neurons_sn=out.sn, lam=out.lam,
+        g=out.g,
+    )
+
+
+def project_movie(Y: np.ndarray, A: Any, block: int = 5000) -> np.ndarray:
+    """``Aᵀ·Y`` as ``K × T`` float64: every footprint's weighted sum of each frame.
+
+    ``Y`` is ``T × *dims`` or ``T × pixels``; it is read ``block`` pixels at a time and only
+    the non-zeros of ``A`` are used (``T`` multiply-adds each).
+    """
+    Y2 = _frames(Y) if np.ndim(Y) > 2 else np.asarray(Y)
+    T, P = Y2.shape
+    A = sp.csr_matrix(A, dtype=np.float64)
+    A.sort_indices()
+    K = A.shape[1]
+    out_t = np.zeros((T, K))
+    block = max(1, int(block))
+    kernel = _project_kernel()
+    for p0 in range(0, P, block):
+        p1 = min(P, p0 + block)
+        s, e = int(A.indptr[p0]), int(A.indptr[p1])
+        if e == s:
+            continue
+        indptr = A.indptr[p0:p1 + 1] - s
+        rows = np.flatnonzero(np.diff(indptr) > 0)
+        slab = np.asarray(Y2[:, p0:p1], dtype=np.float32)  # a view of an in-memory float32 movie
+        kernel(rows, indptr, A.indices[s:e], A.data[s:e], slab, out_t)
+    return np.ascontiguousarray(out_t.T)
+
+
+_KERNEL: list[Any] = []
+
+
+def _project_kernel() -> Any:
+    """Numba kernel ``out[k] += a_pk · y_p`` over the non-zeros of A (compiled on first use)."""
+    if not _KERNEL:
+        import numba
+
+        _KERNEL.append(numba.njit(cache=True, nogil=True)(_project_rows))
+    return _KERNEL[0]
+
+
+def _project_rows(rows, indptr, indices, data, Y, out_t):  # pragma: no cover - compiled
+    """``out_t[t, k] += A[p, k]·Y[t, p]`` over the non-zeros of the given pixel rows."""
+    T = Y.shape[0]
+    for t in range(T):
+        for r in range(rows.shape[0]):
+            p = rows[r]
+            y = np.float64(Y[t, p])
+            for q in range(indptr[p], indptr[p + 1]):
+                out_t[t, indices[q]] += data[q] * y
+
+
+def update_order(A: Any) -> list[np.ndarray]:
+    """Groups of components whose footprints do not overlap (greedy graph colouring).
+
+    Components are taken in order and each joins the first group holding none of its
+    neighbours in the overlap graph ``AᵀA > 0``. Returns a list of int64 index arrays that
+    together hold every component once.
+    """
+    A = sp.csc_matrix(A)
+    K = A.shape[1]
+    if K == 0:
+        return []
+    mask = A.copy()
+    mask.data = np.ones_like(mask.data, dtype=np.float64)
+    overlap = sp.csr_matrix(mask.T @ mask)
+    colour = np.full(K, -1, np.int64)
+    for k in range(K):
+        neigh = overlap.indices[overlap.indptr[k]:overlap.indptr[k + 1]]
+        used = set(colour[neigh][colour[neigh] >= 0].tolist())
+        c = 0
+        while c in used:
+            c += 1
+        colour[k] = c
+    return [np.flatnonzero(colour == c).astype(np.int64) for c in range(colour.max() + 1)]
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+@dataclass
+class _Outputs:
+    S: np.ndarray
+    bl: np.ndarray
+    c1: np.ndarray
+    sn: np.ndarray
+    lam: np.ndarray
+    g: np.ndarray
+
+    @classmethod
+    def empty(cls, K: int, T: int, p: int) -> _Outputs:
+        return cls(S=np.zeros((K, T), np.float32), bl=np.zeros(K), c1=np.zeros(K),
+                   sn=np.zeros(K), lam=np.zeros(K), g=np.zeros((K, p)))
+
+    def store(self, group: np.ndarray, dec: Any) -> None:
+        self.S[group] = dec.S
+        self.bl[group] = dec.b
+        self.c1[group] = dec.c1
+        self.sn[group] = dec.sn
+        self.lam[group] = dec.lam
+        if dec.g.shape[1] == self.g.shape[1]:
+            self.g[group] = dec.g
+
+
+def _apply(R: np.ndarray, X: np.ndarray, AA: sp.csc_matrix, diag: np.ndarray, rows: np.ndarray,
+           new: np.ndarray) -> None:
+    """Set ``X[rows] = new`` and update the residual traces of the rows they overlap (in place)."""
+    delta = new - X[rows]
+    X[rows] = new
+    cols = sp.csr_matrix(AA[:, rows])
+    touched = np.flatnonzero(np.diff(cols.indptr) > 0)
+    if touched.size:
+        R[touched] -= (cols[touched] @ delta) / diag[touched, None]
+
+
+def _frames(Y: Any) -> np.ndarray:
+    arr = np.asarray(Y)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"Y must be a movie T × H × W (or T × Z × H × W), got shape {arr.shape}.")
+    return arr.reshape(arr.shape[0], -1)
