@@ -82,6 +82,14 @@ def test_console_script_demo_quick(tmp_path: Path) -> None:
     report = tmp_path / "demo" / "report.html"
     assert report.exists()
     page = report.read_text()
-    for figure in ("summary.png", "cells.png", "traces.png"):
+    for figure in ("summary.png", "cells.png", "traces.png", "dff.png"):
         assert figure in page and (tmp_path / "demo" / figure).stat().st_size > 1000
     assert (tmp_path / "demo" / "movie.zarr").is_dir()
+    from somascope.cnmf.estimates import Estimates
+
+    found = Estimates.load(tmp_path / "demo" / "results.h5")
+    truth = Estimates.load(tmp_path / "demo" / "ground_truth.h5")
+    assert found.dims == truth.dims == (64, 64)
+    assert found.F_dff is not None and found.F_dff.shape == found.C.shape
+    f1 = float(page.split("<td>F1</td><td>")[1].split("<")[0])
+    assert f1 >= 0.75  # the quick demo finds most of its 12 simulated cells

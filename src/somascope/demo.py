@@ -40,11 +40,17 @@ class _Stages:
 def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0, progress: bool = True) -> Path:
     """Run the demo into folder ``out``; return the report path.
 
-    ``quick`` uses a 64×64×400 movie (seconds); the default is 192×192×2000 frames at 30 Hz
-    with 60 cells and rigid motion (about a minute on two cores).
+    ``quick`` uses a 64×64×1000 movie with 12 cells (seconds); the default is 192×192×2000
+    frames at 30 Hz with 60 cells (about a minute on two cores). Steps: simulate → Store →
+    summary images → CNMF (RollingGreedyROI init, HALS/OASIS updates, merging) → quality
+    tests → ΔF/F → results file, scored against the ground truth.
     """
     from . import simulate
+    from .cnmf import fit
     from .cnmf.estimates import Estimates
+    from .dff import detrend_df_f
+    from .metrics import match_footprints, trace_correlation
+    from .params import Params
     from .store import Store
     from .summary import save_summary, summary_images
 
@@ -52,10 +58,10 @@ def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages()
     if quick:
-        spec: dict[str, Any] = dict(dims=(64, 64), n_frames=400, n_cells=12)
+        spec: dict[str, Any] = dict(dims=(64, 64), n_frames=1000, n_cells=12)
     else:
         spec = dict(dims=(192, 192), n_frames=2000, n_cells=60)
-    spec.update(frame_rate=30.0, motion="rigid", seed=seed)
+    spec.update(frame_rate=30.0, decay_time=0.4, neuron_radius=5.0, seed=seed)
 
     store_path = out / "movie.zarr"
     sim = stages.run("simulate → store", lambda: simulate.two_photon(**spec, out=store_path, overwrite=True))
@@ -65,29 +71,58 @@ def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0,
         lambda: summary_images(store, max_corr_frames=min(1000, store.shape[0]), progress=progress),
     )
     save_summary(images, out / "summary")
+    params = Params.from_neuron(radius_px=spec["neuron_radius"], fr=spec["frame_rate"],
+                                decay_time=spec["decay_time"])
+    est = stages.run("CNMF + quality tests", lambda: fit(store, params, progress=progress))
+    est.F_dff = stages.run("ΔF/F", lambda: detrend_df_f(est.A, est.b, est.C, est.f, est.YrA))
+    est.save(out / "results.h5")
     truth = Estimates(A=sim.A, dims=tuple(sim.dims), C=sim.C, S=sim.S, b=sim.b, f=sim.f,
                       frame_rate=sim.frame_rate, seed=seed, params={"simulation": sim.params})
     truth.save(out / "ground_truth.h5")
 
+    # score the accepted components against the active somata of the ground truth
+    somata = np.flatnonzero(np.asarray(sim.active) & (np.asarray(sim.kind) == "soma"))
+    accepted = est.accepted_indices
+    match = match_footprints(sim.A[:, somata], est.A[:, accepted], tuple(sim.dims))
+    corr = trace_correlation(np.asarray(sim.C)[somata], est.C[accepted], match)
+
     image_panel({k: v for k, v in images.images().items() if v is not None}, out / "summary.png")
-    active = np.flatnonzero(np.asarray(sim.active))
-    contour_panel(images.corr, {"true cells": (sim.A, "#39d353")}, tuple(sim.dims), out / "cells.png",
-                  title="ground-truth footprints on the correlation image")
-    trace_panel({"true calcium": np.asarray(sim.C)[active]}, sim.frame_rate, out / "traces.png",
-                spikes=np.asarray(sim.S)[active])
+    contour_panel(images.corr, {"true somata": (sim.A[:, somata], "#58a6ff"),
+                                "accepted": (est.A[:, accepted], "#39d353"),
+                                "rejected": (est.A[:, est.rejected_indices], "#f85149")},
+                  tuple(sim.dims), out / "cells.png", title="components on the correlation image")
+    shown = accepted[match.est_idx[:8]] if match.tp else accepted[:8]
+    if shown.size:
+        raw = est.C[shown] + est.YrA[shown]
+        if est.bl is not None:
+            raw = raw - est.bl[shown, None]
+        spikes = est.S[shown]
+        events = spikes > 0.1 * spikes.max(axis=1, keepdims=True)  # ticks for the larger events only
+        trace_panel({"raw (C + residual − baseline)": raw, "denoised C": est.C[shown]}, sim.frame_rate,
+                    out / "traces.png", spikes=events)
+        trace_panel({"ΔF/F": est.F_dff[shown]}, sim.frame_rate, out / "dff.png")
     sections = [
         Section("Movie", table=[
             ("frames × height × width", list(store.shape)),
             ("frame rate", f"{sim.frame_rate:g} Hz"),
-            ("cells (active)", f"{sim.A.shape[1]} ({active.size})"),
-            ("motion", spec["motion"]),
+            ("cells simulated (active somata)", f"{sim.A.shape[1]} ({somata.size})"),
             ("store", f"{store_path.name}, chunks {store.chunks}"),
+        ]),
+        Section("Accuracy against the ground truth", table=[
+            ("components found / accepted", f"{est.K} / {accepted.size}"),
+            ("precision", match.precision), ("recall", match.recall), ("F1", match.f1),
+            ("median trace correlation (matched)", float(np.median(corr)) if corr.size else float("nan")),
         ]),
         Section("Summary images", figures=[("summary.png", "mean, max, std, correlation (8 neighbours), "
                                             "max-correlation over blocks of frames")]),
-        Section("Cells", figures=[("cells.png", "true footprints outlined at 30% of their peak"),
-                                  ("traces.png", "true calcium of active cells, with spike times")]),
-        Section("Run", table=stages.rows),
+        Section("Components", figures=[("cells.png", "true somata (blue), accepted (green) and rejected "
+                                        "(red) components outlined at 30% of their peak")]),
+        Section("Traces", figures=[(name, caption) for name, caption in (
+            ("traces.png", "accepted components matched to true cells: raw and denoised traces, "
+                           "inferred events (> 10% of the largest) as ticks"),
+            ("dff.png", "ΔF/F of the same components")) if (out / name).exists()]),
+        Section("Run", table=stages.rows + [("results", "results.h5 (schema: docs/results-schema.md)")]),
+        Section("Parameters", text=params.to_json()),
     ]
     return write_report(out, "somascope demo", sections,
-                        subtitle="simulated two-photon movie → store → summary images")
+                        subtitle="simulated two-photon movie → store → summary → CNMF → quality → ΔF/F")
