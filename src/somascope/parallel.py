@@ -98,7 +98,15 @@ class Engine:
         )
 
     def _start_local(self, threads_per_worker: int, blas_threads: int, memory_limit: Any) -> None:
+        import logging
+
         from distributed import Client, LocalCluster
+
+        # the cluster's own chatter (start/stop of workers, closed comms at shutdown) is not
+        # the user's business; its warnings and errors still show
+        for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                     "distributed.batched", "distributed.http.proxy", "distributed.worker"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
         env = {var: str(blas_threads) for var in THREAD_ENV_VARS}
         self._cluster = LocalCluster(
@@ -107,6 +115,7 @@ class Engine:
             processes=True,
             memory_limit=memory_limit if memory_limit is not None else "auto",
             dashboard_address=None,
+            silence_logs=logging.ERROR,
             env=env,
         )
         self._client = Client(self._cluster)
