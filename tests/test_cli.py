@@ -82,7 +82,7 @@ def test_console_script_demo_quick(tmp_path: Path) -> None:
     report = tmp_path / "demo" / "report.html"
     assert report.exists()
     page = report.read_text()
-    for figure in ("summary.png", "cells.png", "traces.png", "dff.png"):
+    for figure in ("summary.png", "cells.png", "traces.png", "dff.png", "shifts.png", "motion_quality.png"):
         assert figure in page and (tmp_path / "demo" / figure).stat().st_size > 1000
     assert (tmp_path / "demo" / "movie.zarr").is_dir()
     from somascope.cnmf.estimates import Estimates
@@ -93,3 +93,21 @@ def test_console_script_demo_quick(tmp_path: Path) -> None:
     assert found.F_dff is not None and found.F_dff.shape == found.C.shape
     f1 = float(page.split("<td>F1</td><td>")[1].split("<")[0])
     assert f1 >= 0.75  # the quick demo finds most of its 12 simulated cells
+
+
+def test_motion_correct_command_recovers_simulated_shifts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sim_dir, out = tmp_path / "sim", tmp_path / "mc"
+    assert main(["simulate", str(sim_dir), "--frames", "150", "--dims", "64", "64", "--motion", "rigid", "-q"]) == 0
+    assert main(["motion-correct", str(sim_dir / "movie.tif"), "--out", str(out), "--scheduler", "serial",
+                 "--tiff", "-q"]) == 0
+    assert {"corrected.zarr", "corrected.tif", "shifts.csv", "template.npy", "metrics.json", "shifts.png"} <= {
+        p.name for p in out.iterdir()}
+    true = np.loadtxt(sim_dir / "true_shifts.csv", delimiter=",", skiprows=1)
+    found = np.loadtxt(out / "shifts.csv", delimiter=",", skiprows=1)[:, 1:3]
+    offset = np.median(found - true, axis=0)  # shifts are relative to the data-derived template
+    assert np.sqrt(np.mean((found - offset - true) ** 2)) < 0.3
+    corrected = tifffile.imread(out / "corrected.tif")
+    assert corrected.shape == (150, 64, 64)
+    assert main(["motion-correct", str(sim_dir / "movie.tif"), "--out", str(out), "--scheduler", "serial",
+                 "-q"]) == 2  # refuses to overwrite an existing corrected store
+    assert "already exists" in capsys.readouterr().err

@@ -165,6 +165,48 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_motion_correct(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import motion
+    from .io import iter_chunks
+    from .motion.plots import plot_quality, plot_shifts
+    from .io.atomic import atomic_path
+    from .params import Params
+    from .parallel import Engine
+    from .report import save_figure
+
+    movie = _open(args)
+    params = Params.load(args.params) if args.params else Params()
+    overrides: dict[str, Any] = {}
+    if args.pw_rigid:
+        overrides["pw_rigid"] = True
+    if args.max_shifts:
+        overrides["max_shifts"] = tuple(args.max_shifts)
+    if args.gsig_filt:
+        overrides["gSig_filt"] = tuple(args.gsig_filt)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with movie, Engine(args.scheduler) as engine:
+        result = motion.correct(movie, params, out=out / "corrected.zarr", engine=engine,
+                                progress=not args.quiet, overwrite=args.overwrite, **overrides)
+    result.save(out)
+    save_figure(plot_shifts(result, frame_rate=movie.frame_rate), out / "shifts.png")
+    save_figure(plot_quality(result, frame_rate=movie.frame_rate), out / "quality.png")
+    if args.tiff:
+        import tifffile
+
+        store = result.store
+        with atomic_path(out / "corrected.tif") as tmp, tifffile.TiffWriter(tmp, bigtiff=store.nbytes > 2**31) as tif:
+            for _, frames in iter_chunks(store, 256, progress=not args.quiet, desc="writing TIFF"):
+                for frame in frames:
+                    tif.write(np.ascontiguousarray(frame), contiguous=True)
+    m = result.metrics
+    print(f"{result}\ncrispness raw {m.get('crispness_raw', float('nan')):.4g} → corrected "
+          f"{m.get('crispness_corrected', float('nan')):.4g}; border_pix {tuple(result.border_pix)}; wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -223,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1-photon: Gaussian sigma (px) for the high-passed PNR and correlation images")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("motion-correct", help="NoRMCorre motion correction (rigid or piecewise-rigid)")
+    _add_movie_args(p)
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: corrected.zarr, shifts.csv/.npy, template.npy, metrics.json, figures")
+    p.add_argument("--pw-rigid", action="store_true", help="piecewise-rigid correction (non-rigid motion)")
+    p.add_argument("--params", type=Path, help="parameter file (.json/.yaml; CaImAn/Mesmerize keys accepted)")
+    p.add_argument("--max-shifts", type=int, nargs="+", help="largest shift per axis, px")
+    p.add_argument("--gsig-filt", type=float, nargs="+",
+                   help="1-photon: estimate shifts on frames high-passed with this sigma (px)")
+    p.add_argument("--tiff", action="store_true", help="also write corrected.tif")
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (Dask cluster on this machine), 'serial', or a scheduler address")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing corrected.zarr")
+    p.set_defaults(func=cmd_motion_correct)
+
     p = sub.add_parser("demo", help="run on built-in simulated data and write a report")
     p.add_argument("--out", type=Path, default=Path("somascope-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller movie (seconds)")
@@ -237,7 +294,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .store import StoreError
 
     errors: list[type[BaseException]] = [MovieError, StoreError, FileNotFoundError, FileExistsError,
-                                         ConnectionError, ValueError]
+                                         ConnectionError, ValueError]  # ParameterError is a ValueError
     return tuple(errors)
 
 

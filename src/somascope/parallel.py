@@ -114,7 +114,7 @@ class Engine:
             threads_per_worker=threads_per_worker,
             processes=True,
             memory_limit=memory_limit if memory_limit is not None else "auto",
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: two runs on one machine never collide
             silence_logs=logging.ERROR,
             env=env,
         )

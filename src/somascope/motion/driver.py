@@ -1,0 +1,499 @@
+"""Motion correction of a whole movie, in parallel over chunks of frames, out of core.
+
+:func:`correct` runs NoRMCorre as three maps over chunks of ``chunk_frames`` frames on an
+:class:`~somascope.parallel.Engine`:
+
+1. **Templates.** Up to :data:`TEMPLATE_CHUNKS` chunks spread over the movie each build their
+   own template from :data:`TEMPLATE_FRAMES` of their frames (binned median, refined
+   ``niter_rig`` times; once more piecewise-rigidly in pw-rigid mode). The chunk templates are
+   aligned to each other and their median is the meta-template.
+2. **Estimation.** Every chunk is registered to the meta-template (rigid or piecewise-rigid);
+   workers return only displacements. The driver then smooths them in time
+   (``smooth_shifts``) and, in pw-rigid mode, refers them to the movie's average geometry:
+   the time-average of the patch displacements relative to the rigid one is the deformation
+   of the template itself (it was built from a few windows of frames); it is subtracted from
+   every frame's patch displacements and the template is warped to match.
+3. **Correction.** Every chunk is corrected with its displacements and the worker writes the
+   frames straight into the output :class:`~somascope.store.Store`, returning per-frame
+   correlations, residual shifts of a sample of frames, and per-chunk sums for the mean images.
+
+Rigid correction without ``smooth_shifts`` needs nothing from the other chunks, so phases 2 and
+3 are one: each chunk is read once, registered and corrected (reading a frame from a Store costs
+about as much as its FFT).
+
+Memory: a worker holds one chunk (read + corrected copy); the driver holds the displacements
+and a few frame-sized accumulators. The results of one *wave* of chunks
+(:data:`WAVE_TASKS_PER_WORKER` per worker) are reduced before the next wave starts.
+
+:func:`apply_shifts` applies a result's displacements to another movie of the same shape
+(a second channel, or the raw data when shifts were estimated on a filtered copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from ..parallel import Engine, as_engine, available_cores
+from .block import Reference, correct_block, prepare_reference, register_block
+from .metrics import central_region, crispness, frame_correlations
+from .piecewise import PatchGrid, displacement_field, patch_grid
+from .result import MotionResult
+from .settings import Settings, resolve
+from .templates import block_template, meta_template
+from .warp import warp_frame
+
+log = logging.getLogger(__name__)
+
+#: Most chunks that contribute a template (bounds the driver's memory and the template cost).
+TEMPLATE_CHUNKS = 8
+#: Frames of each such chunk used for its template (taken around the chunk's middle).
+TEMPLATE_FRAMES = 80
+#: Every RESIDUAL_EVERY-th frame is registered again after correction (residual shifts).
+RESIDUAL_EVERY = 10
+#: Chunks per worker in flight before the driver reduces their results.
+WAVE_TASKS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Frames ``[t0, t0 + len(data))`` of an in-memory array source (pickles only these)."""
+
+    data: np.ndarray
+    t0: int
+
+
+def _piece(source: Any, t0: int, t1: int) -> Any:
+    if isinstance(source, np.ndarray):
+        return _Piece(source[t0:t1], t0)
+    return source
+
+
+def _read(src: Any, t0: int, t1: int) -> np.ndarray:
+    block = src.data[t0 - src.t0:t1 - src.t0] if isinstance(src, _Piece) else src[t0:t1]
+    frames = np.asarray(block, dtype=np.float32)  # never modified: no copy needed
+    totals = frames.reshape(len(frames), -1).sum(axis=1, dtype=np.float64)  # NaN/Inf anywhere → not finite
+    if not np.all(np.isfinite(totals)):
+        bad = np.flatnonzero(~np.isfinite(totals))[:5] + t0
+        raise ValueError(f"frames {bad.tolist()} of the movie contain NaN or Inf; fill them (e.g. with the "
+                         "frame's median) or cut them out before motion correction.")
+    return frames
+
+
+def _as_source(source: Any) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        from ..io import open_movie
+
+        source = open_movie(source)
+    shape = getattr(source, "shape", None)
+    if shape is None or not hasattr(source, "__getitem__"):
+        raise TypeError("source must be a movie (path, somascope.io.Movie, Store or array), "
+                        f"got {type(source).__name__}.")
+    if len(shape) not in (3, 4):
+        raise ValueError(f"motion correction needs a movie of shape T×H×W or T×Z×H×W; got shape {tuple(shape)}. "
+                         "Open multi-channel files with open_movie(..., channel=k).")
+    if shape[0] < 1:
+        raise ValueError("the movie has no frames.")
+    return source
+
+
+def _check_not_source(source: Any, out: str | os.PathLike[str]) -> None:
+    """Refuse to write the corrected movie over the movie being read."""
+    target = os.path.abspath(out)
+    paths = [getattr(source, "final_path", None), *getattr(source, "paths", [])]
+    if any(p is not None and os.path.abspath(p) == target for p in paths):
+        raise ValueError(f"out={str(out)!r} is the input movie itself; write the corrected movie to another path "
+                         "(inputs are never modified).")
+
+
+def _chunks(n_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    return [(t0, min(t0 + chunk_frames, n_frames)) for t0 in range(0, n_frames, chunk_frames)]
+
+
+def _store_chunks(shape: Sequence[int], chunk_frames: int) -> tuple[int, ...]:
+    """Store chunking whose time chunk divides ``chunk_frames`` (so that each motion chunk is
+    written by one worker without touching its neighbours' bricks)."""
+    from ..store import default_chunks
+
+    default = default_chunks(shape)
+    tc0 = default[0]
+    divisors = [d for d in range(1, chunk_frames + 1) if chunk_frames % d == 0 and d <= 2 * tc0]
+    tc = max(divisors)
+    if tc < tc0 // 4:
+        tc = chunk_frames
+    return (min(tc, int(shape[0])), *default[1:])
+
+
+# -- worker tasks --------------------------------------------------------------------
+def _template_task(item: tuple[Any, int, int, Settings, int]) -> np.ndarray:
+    src, t0, t1, settings, workers = item
+    return block_template(_read(src, t0, t1), settings, workers)
+
+
+def _estimate_task(item: tuple[Any, ...]) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
+    src, t0, t1, template, settings, workers = item
+    ref = prepare_reference(template, settings)
+    sh = register_block(_read(src, t0, t1), ref, settings, workers)
+    return t0, sh.rigid, sh.corr, sh.patch
+
+
+def _correct_task(item: tuple[Any, ...]) -> dict[str, Any]:
+    src, store_path, t0, t1, rigid, patch, template, settings, workers = item
+    frames = _read(src, t0, t1)
+    ref = prepare_reference(template, settings, pw_rigid=False)  # rigid plan (and for the residual shifts)
+    peak = None
+    if rigid is None:  # rigid without smoothing: estimate here, no second read of the frames
+        sh = register_block(frames, ref, settings, workers)
+        rigid, peak = sh.rigid, sh.corr
+    grid = patch_grid(settings.dims, settings.strides, settings.overlaps) if patch is not None else None
+    corrected = correct_block(frames, rigid, patch, grid, settings.border_mode)
+    if store_path is not None:
+        from ..store import Store
+
+        Store.open(store_path, mode="r+").write(t0, corrected)
+    region = central_region(settings.dims, _metric_margin(settings))
+    sampled = np.arange(-(-t0 // RESIDUAL_EVERY) * RESIDUAL_EVERY, t1, RESIDUAL_EVERY)
+    if settings.border_mode == "nan":
+        finite = np.isfinite(corrected)
+        sum_cor = np.nansum(corrected, axis=0).astype(np.float64)
+        count = finite.sum(axis=0, dtype=np.int64)
+    else:
+        sum_cor = corrected.sum(axis=0).astype(np.float64)  # float32 within a chunk is plenty
+        count = np.full(settings.dims, len(corrected), dtype=np.int64)
+    return {
+        "t0": t0, "t1": t1, "rigid": rigid, "peak_corr": peak,
+        "frame_corr": frame_correlations(corrected, template, region),
+        "frame_corr_raw": frame_correlations(frames[sampled - t0], template, region),
+        "sum_raw": frames.sum(axis=0).astype(np.float64),
+        "sum_corrected": sum_cor,
+        "count_corrected": count,
+        "residual_frames": sampled,
+        "residual_shifts": _residual_shifts(corrected[sampled - t0], ref, settings, workers),
+    }
+
+
+def _metric_margin(settings: Settings) -> tuple[int, ...]:
+    dev = settings.max_deviation_rigid if settings.pw_rigid else (0,) * settings.ndim
+    return tuple(m + d + 1 for m, d in zip(settings.max_shifts, dev))
+
+
+def _residual_shifts(corrected: np.ndarray, ref: Reference, settings: Settings, workers: int) -> np.ndarray:
+    """Rigid displacement left in corrected frames (NaN borders filled with the frame mean)."""
+    if len(corrected) == 0:
+        return np.zeros((0, settings.ndim), dtype=np.float32)
+    x = corrected.copy()
+    for i in range(len(x)):
+        bad = ~np.isfinite(x[i])
+        if bad.any():
+            x[i][bad] = np.nanmean(x[i]) if (~bad).any() else 0.0
+    return register_block(x, Reference(ref.plan, None), settings, workers).rigid
+
+
+def _apply_task(item: tuple[Any, ...]) -> int:
+    src, store_path, t0, t1, rigid, patch, grid, border_mode = item
+    from ..store import Store
+
+    corrected = correct_block(_read(src, t0, t1), rigid, patch, grid, border_mode)
+    Store.open(store_path, mode="r+").write(t0, corrected)
+    return t1 - t0
+
+
+# -- driver --------------------------------------------------------------------------
+def correct(
+    source: Any,
+    params: Any = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    engine: Engine | str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> MotionResult:
+    """Motion-correct a movie (NoRMCorre, rigid or piecewise-rigid, 2-D or 3-D).
+
+    Parameters
+    ----------
+    source
+        The movie: a path (opened with :func:`somascope.io.open_movie`), a
+        :class:`~somascope.io.Movie`, a :class:`~somascope.store.Store` or an array, of shape
+        ``T×H×W`` or ``T×Z×H×W``. Never modified.
+    params
+        A :class:`~somascope.params.Params`, its ``.motion`` group, a dict of parameters
+        (CaImAn keys accepted) or ``None`` (defaults).
+    out
+        Path of the corrected :class:`~somascope.store.Store` to write (a folder, e.g.
+        ``"run/corrected.zarr"``); ``None`` estimates displacements and metrics only (apply
+        them later with :func:`apply_shifts`).
+    engine
+        :class:`~somascope.parallel.Engine` (or a scheduler spec it accepts); ``None`` runs in
+        this process.
+    progress
+        Show progress bars.
+    overwrite
+        Replace an existing store at ``out``.
+    **overrides
+        Motion parameters overriding ``params`` (``pw_rigid=True``, ``max_shifts=(10, 10)``, …).
+
+    Returns
+    -------
+    MotionResult
+        Displacements (``docs/conventions.md`` sign convention), template, metrics,
+        ``border_pix`` and the corrected store (``None`` without ``out``).
+
+    Raises
+    ------
+    ParameterError
+        Unknown or impossible parameters (``max_shifts`` too large for the frame, frames smaller
+        than a patch, …), raised before any frame is read.
+    ValueError
+        Movie of the wrong shape, or frames holding NaN/Inf.
+    """
+    source = _as_source(source)
+    shape = tuple(int(s) for s in source.shape)
+    n_frames, dims = shape[0], shape[1:]
+    settings = resolve(params, overrides, dims)
+    chunks = _chunks(n_frames, settings.chunk_frames)
+    own_engine = not isinstance(engine, Engine)
+    eng = as_engine(engine)
+    workers = available_cores() if eng.kind == "serial" else 1
+    store = None
+    if out is not None:
+        from ..store import Store
+
+        _check_not_source(source, out)
+        store = Store.create(out, shape, chunks=_store_chunks(shape, settings.chunk_frames),
+                             frame_rate=getattr(source, "frame_rate", None),
+                             metadata={"motion": settings.params}, overwrite=overwrite)
+    try:
+        kind = "piecewise-rigid" if settings.pw_rigid else "rigid"
+        log.info("motion correction (%s) of %d frames of %s in %d chunks on %r", kind, n_frames, dims, len(chunks), eng)
+        template = _build_template(source, chunks, settings, eng, workers, progress)
+        if settings.pw_rigid or settings.smooth_shifts:
+            est = _estimate(source, chunks, template, settings, eng, workers, progress)
+        else:  # rigid, unsmoothed: each chunk is registered and corrected in one read
+            est = _Estimate(template, None, None, None, None, None)
+        result = _correct_all(source, chunks, est, settings, eng, workers, progress, store)
+    except BaseException:
+        if store is not None:
+            store.discard()
+        raise
+    finally:
+        if own_engine:
+            eng.close()
+    return result
+
+
+def _build_template(source: Any, chunks: list[tuple[int, int]], settings: Settings, eng: Engine, workers: int,
+                    progress: bool) -> np.ndarray:
+    picks = np.unique(np.round(np.linspace(0, len(chunks) - 1, min(len(chunks), TEMPLATE_CHUNKS))).astype(int))
+    # Stores are read in whole bricks of ``time_chunk`` frames: start each window on a brick
+    brick = int(getattr(source, "time_chunk", 1))
+    items = []
+    for k in picks:
+        a, b = chunks[k]
+        n = min(b - a, TEMPLATE_FRAMES)
+        a = a + (b - a - n) // 2
+        if 1 < brick and n <= brick and (a % brick) + n > brick:
+            a -= a % brick  # one brick read instead of two
+        items.append((_piece(source, a, a + n), a, a + n, settings, workers))
+    templates = eng.map(_template_task, items, desc="motion: templates", progress=progress, unit="chunk")
+    return meta_template(np.stack(templates), settings, workers)
+
+
+@dataclass
+class _Estimate:
+    """Displacements from the estimation pass (``rigid is None``: estimate while correcting)."""
+
+    template: np.ndarray
+    rigid: np.ndarray | None
+    peak_corr: np.ndarray | None
+    patch: np.ndarray | None
+    grid: PatchGrid | None
+    recentring: np.ndarray | None
+
+
+def _estimate(source: Any, chunks: list[tuple[int, int]], template: np.ndarray, settings: Settings, eng: Engine,
+              workers: int, progress: bool) -> _Estimate:
+    n_frames, ndim = chunks[-1][1], settings.ndim
+    items = [(_piece(source, t0, t1), t0, t1, template, settings, workers) for t0, t1 in chunks]
+    rigid = np.empty((n_frames, ndim), dtype=np.float32)
+    peak = np.empty(n_frames, dtype=np.float32)
+    patch = None
+    for t0, r, c, p in eng.map(_estimate_task, items, desc="motion: estimating", progress=progress, unit="chunk"):
+        rigid[t0:t0 + len(r)] = r
+        peak[t0:t0 + len(r)] = c
+        if p is not None:
+            if patch is None:
+                patch = np.empty((n_frames, *p.shape[1:]), dtype=np.float32)
+            patch[t0:t0 + len(r)] = p
+    if settings.smooth_shifts:
+        rigid = gaussian_filter1d(rigid, settings.smooth_shifts, axis=0, mode="nearest")
+        if patch is not None:
+            patch = gaussian_filter1d(patch, settings.smooth_shifts, axis=0, mode="nearest")
+    grid, recentring = None, None
+    if patch is not None:
+        grid = patch_grid(settings.dims, settings.strides, settings.overlaps)
+        recentring = (patch - rigid[:, None, :]).mean(axis=0, dtype=np.float64).astype(np.float32)
+        patch = patch - recentring[None]
+        rigid = rigid - recentring.mean(axis=0)[None]  # the constant part moves the template as a whole
+        template = warp_frame(template, displacement_field(-recentring, grid), "copy")
+    return _Estimate(template, rigid, peak, patch, grid, recentring)
+
+
+def _correct_all(source: Any, chunks: list[tuple[int, int]], est: _Estimate, settings: Settings,
+                 eng: Engine, workers: int, progress: bool, store: Any) -> MotionResult:
+    n_frames, dims, ndim = chunks[-1][1], settings.dims, settings.ndim
+    estimated = est.rigid is not None
+    rigid = est.rigid if estimated else np.empty((n_frames, ndim), dtype=np.float32)
+    peak = est.peak_corr if estimated else np.empty(n_frames, dtype=np.float32)
+    frame_corr = np.empty(n_frames, dtype=np.float32)
+    corr_raw: list[np.ndarray] = []
+    sum_raw = np.zeros(dims, dtype=np.float64)
+    sum_cor = np.zeros(dims, dtype=np.float64)
+    count = np.zeros(dims, dtype=np.int64)
+    res_frames: list[np.ndarray] = []
+    res_shifts: list[np.ndarray] = []
+    store_path = None if store is None else str(store.path)
+    items = [(_piece(source, t0, t1), store_path, t0, t1, est.rigid[t0:t1] if estimated else None,
+              None if est.patch is None else est.patch[t0:t1], est.template, settings, workers)
+             for t0, t1 in chunks]
+    wave = WAVE_TASKS_PER_WORKER * max(1, eng.n_workers)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_frames, desc="motion: correcting", unit="frame")
+    try:
+        for w0 in range(0, len(items), wave):
+            for r in eng.map(_correct_task, items[w0:w0 + wave], progress=False):
+                t0, t1 = r["t0"], r["t1"]
+                if not estimated:
+                    rigid[t0:t1] = r["rigid"]
+                    peak[t0:t1] = r["peak_corr"]
+                frame_corr[t0:t1] = r["frame_corr"]
+                corr_raw.append(r["frame_corr_raw"])
+                sum_raw += r["sum_raw"]
+                sum_cor += r["sum_corrected"]
+                count += r["count_corrected"]
+                res_frames.append(r["residual_frames"])
+                res_shifts.append(r["residual_shifts"])
+                if bar is not None:
+                    bar.update(t1 - t0)
+    finally:
+        if bar is not None:
+            bar.close()
+    if store is not None:
+        store = store.finalize()
+    mean_raw = (sum_raw / n_frames).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_image = np.where(count > 0, sum_cor / np.maximum(count, 1), np.nan).astype(np.float32)
+    res = np.concatenate(res_shifts) if res_shifts else np.zeros((0, ndim), np.float32)
+    region = central_region(dims, _metric_margin(settings))
+    res_norm = np.linalg.norm(res, axis=1) if len(res) else np.zeros(0)
+    metrics = {
+        "crispness_raw": crispness(mean_raw, region),
+        "crispness_corrected": crispness(mean_image, region),
+        "frame_corr_raw_mean": float(np.nanmean(np.concatenate(corr_raw))),
+        "frame_corr_mean": float(np.nanmean(frame_corr)),
+        "peak_corr_mean": float(np.mean(peak)),
+        "residual_rms_px": float(np.sqrt(np.mean(res_norm**2))) if len(res_norm) else 0.0,
+        "residual_max_px": float(res_norm.max()) if len(res_norm) else 0.0,
+        "residual_frames": np.concatenate(res_frames).tolist() if res_frames else [],
+        "residual_shifts": res.tolist(),
+        "max_shift_px": np.abs(rigid).max(axis=0).tolist(),
+        "template_recentring_rms_px": (None if est.recentring is None
+                                       else float(np.sqrt(np.mean(np.sum(est.recentring**2, axis=1))))),
+    }
+    return MotionResult(
+        shifts=rigid, template=est.template, mean_image=mean_image, mean_raw=mean_raw, frame_corr=frame_corr,
+        metrics=metrics, border_pix=border_pix(rigid, est.patch), params=settings.params,
+        patch_shifts=est.patch, patch_grid=est.grid, store=store,
+    )
+
+
+def border_pix(shifts: np.ndarray, patch_shifts: np.ndarray | None = None) -> tuple[int, ...]:
+    """Pixels at each edge, per spatial axis, that may hold values shifted in from outside the
+    frame: ``ceil`` of the largest |displacement| (rigid and, when given, patch)."""
+    largest = np.abs(np.asarray(shifts, dtype=np.float64)).max(axis=0)
+    if patch_shifts is not None:
+        largest = np.maximum(largest, np.abs(np.asarray(patch_shifts, np.float64)).max(axis=(0, 1)))
+    return tuple(int(math.ceil(v - 1e-3)) for v in largest)
+
+
+def apply_shifts(
+    source: Any,
+    result: MotionResult,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    engine: Engine | str | None = None,
+    border_mode: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Any:
+    """Apply the displacements of ``result`` to another movie of the same shape.
+
+    Use it for a second channel, or for raw frames when the shifts were estimated on another
+    version of the movie.
+
+    Parameters
+    ----------
+    source
+        Path, :class:`~somascope.io.Movie`, :class:`~somascope.store.Store` or array with the
+        shape ``(T, *dims)`` of the movie ``result`` was estimated on.
+    result
+        From :func:`correct` (or :meth:`MotionResult.load`).
+    out
+        Path of a :class:`~somascope.store.Store` to write (in parallel on ``engine``);
+        ``None`` returns an in-memory float32 array computed in this process.
+    border_mode
+        ``"copy"``, ``"zero"`` or ``"nan"``; default: the one used for ``result``.
+
+    Returns
+    -------
+    The finalised :class:`~somascope.store.Store`, or a ``(T, *dims)`` float32 array.
+    """
+    source = _as_source(source)
+    shape = tuple(int(s) for s in source.shape)
+    if shape != (result.n_frames, *result.dims):
+        raise ValueError(f"the movie has shape {shape} but the shifts are for {result.n_frames} frames of "
+                         f"{result.dims}; apply shifts only to a movie recorded with the same frames "
+                         "(e.g. the other channel of the same acquisition).")
+    mode = border_mode or result.params.get("border_mode", "copy")
+    chunk = int(result.params.get("chunk_frames", 200))
+    chunks = _chunks(shape[0], chunk)
+    patch = result.patch_shifts
+    grid: PatchGrid | None = result.patch_grid
+
+    def parts(t0: int, t1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return result.shifts[t0:t1], None if patch is None else patch[t0:t1]
+
+    if out is None:
+        corrected = np.empty(shape, dtype=np.float32)
+        for t0, t1 in chunks:
+            r, p = parts(t0, t1)
+            corrected[t0:t1] = correct_block(_read(source, t0, t1), r, p, grid, mode)
+        return corrected
+    from ..store import Store
+
+    _check_not_source(source, out)
+    store = Store.create(out, shape, chunks=_store_chunks(shape, chunk), frame_rate=getattr(source, "frame_rate", None),
+                         metadata={"motion": result.params, "applied_shifts": True}, overwrite=overwrite)
+    own_engine = not isinstance(engine, Engine)
+    eng = as_engine(engine)
+    try:
+        items = [(_piece(source, t0, t1), str(store.path), t0, t1, *parts(t0, t1), grid, mode) for t0, t1 in chunks]
+        eng.map(_apply_task, items, desc="motion: applying shifts", progress=progress, unit="chunk")
+        return store.finalize()
+    except BaseException:
+        store.discard()
+        raise
+    finally:
+        if own_engine:
+            eng.close()
