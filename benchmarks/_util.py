@@ -96,3 +96,19 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - t0
+
+
+def run_in_child(target: Callable[..., None], *args: Any) -> Any:
+    """Run ``target(*args, queue)`` in a fresh spawned process (so its peak RSS is its own)
+    and return what it put on ``queue``."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"{getattr(target, '__name__', 'child')}{args!r} failed (exit code {proc.exitcode})")
+    return out

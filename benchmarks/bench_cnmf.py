@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import re
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import table  # noqa: E402
+from _util import run_in_child, table  # noqa: E402
 
 STEPS = ("noise", "initialisation", "spatial + temporal updates", "merging", "evaluation")
 
@@ -111,15 +110,7 @@ def simulate_to(path: Path, size: int, frames: int, cells: int, seed: int) -> No
 
 
 def run(path: Path, method: str) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(str(path), method, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"fit of {path} failed (exit code {proc.exitcode})")
-    return out
+    return run_in_child(_child, str(path), method)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ computation on one 64 × 64 patch (its interior pixels, whose neighbours lie in 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import sys
 import tempfile
@@ -31,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import run_in_child  # noqa: E402
 
 
 def make_store(path: Path, n_frames: int, size: int, seed: int = 0) -> Any:
@@ -102,15 +104,7 @@ def _peak_rss_mb() -> float:
 
 
 def run_step(name: str, path: Path, kwargs: dict[str, Any]) -> tuple[float, float, dict[str, np.ndarray] | None]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_step, args=(name, str(path), kwargs, queue))
-    proc.start()
-    out = queue.get()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"step {name!r} failed (exit code {proc.exitcode})")
-    return out
+    return run_in_child(_step, name, str(path), kwargs)
 
 
 def patch_reference(store: Any, size: int) -> tuple[tuple[slice, slice], dict[str, np.ndarray]]:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .io.jsonable import jsonable
+
 PARTIAL_SUFFIX = ".partial"
 DEFAULT_TILE = 64
 DEFAULT_BRICK_BYTES = 2 * 2**20
@@ -126,7 +128,7 @@ class Store:
                 "format": "somascope-store",
                 "complete": False,
                 "frame_rate": None if frame_rate is None else float(frame_rate),
-                "metadata": _jsonable(metadata or {}),
+                "metadata": jsonable(metadata or {}),
             }
         )
         return cls(partial, array, final)
@@ -296,16 +298,3 @@ def _copy_block(args: tuple[Any, str, int, int]) -> int:
     store = Store.open(path, mode="r+")
     store.write(t0, np.asarray(source[t0:t1], dtype=np.float32))
     return t1 - t0
-
-
-def _jsonable(value: Any) -> Any:
-    """Metadata reduced to what JSON attributes can hold (others become strings)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

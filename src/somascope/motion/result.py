@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path, atomic_write_text
+from ..io.jsonable import jsonable
 from .piecewise import PatchGrid
 
 FORMAT = "somascope-motion/1"
@@ -104,8 +105,8 @@ class MotionResult:
             "n_frames": self.n_frames,
             "dims": list(self.dims),
             "border_pix": list(self.border_pix),
-            "metrics": _jsonable(self.metrics),
-            "params": _jsonable(self.params),
+            "metrics": jsonable(self.metrics),
+            "params": jsonable(self.params),
             "patch_grid": None if self.patch_grid is None else self.patch_grid.to_dict(),
             "store": None if self.store is None else str(Path(self.store.final_path).absolute()),
         }
@@ -149,15 +150,3 @@ class MotionResult:
             params=meta["params"], patch_shifts=arr("patch_shifts") if grid is not None else None,
             patch_grid=grid, store=store,
         )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
