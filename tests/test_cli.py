@@ -16,7 +16,7 @@ from somascope.cli import build_parser, main
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = [a for a in build_parser()._subparsers._group_actions[0].choices]  # noqa: SLF001
-    assert {"info", "simulate", "summary", "demo"} <= set(commands)
+    assert {"info", "simulate", "summary", "run", "demo"} <= set(commands)
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
@@ -74,25 +74,32 @@ def test_simulate_then_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_console_script_demo_quick(tmp_path: Path) -> None:
+    import re
+
     exe = Path(sys.executable).with_name("somascope")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "somascope.cli"]
     result = subprocess.run([*cmd, "demo", "--quick", "--out", str(tmp_path / "demo"), "-q"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    report = tmp_path / "demo" / "report.html"
-    assert report.exists()
+    demo = tmp_path / "demo"
+    report = demo / "report" / "report.html"
+    assert report.exists() and f"report: {report}" in result.stdout
     page = report.read_text()
-    for figure in ("summary.png", "cells.png", "traces.png", "dff.png", "shifts.png", "motion_quality.png"):
-        assert figure in page and (tmp_path / "demo" / figure).stat().st_size > 1000
-    assert (tmp_path / "demo" / "movie.zarr").is_dir()
+    figures = set(re.findall(r"src='([^']+\.png)'", page))
+    assert len(figures) >= 5
+    for figure in figures:
+        assert (report.parent / figure).stat().st_size > 1000
+    assert (demo / "movie.zarr").is_dir() and (demo / "stages" / "cnmf" / "manifest.json").is_file()
     from somascope.cnmf.estimates import Estimates
 
-    found = Estimates.load(tmp_path / "demo" / "results.h5")
-    truth = Estimates.load(tmp_path / "demo" / "ground_truth.h5")
+    found = Estimates.load(demo / "results.h5")
+    truth = Estimates.load(demo / "ground_truth.h5")
     assert found.dims == truth.dims == (64, 64)
     assert found.F_dff is not None and found.F_dff.shape == found.C.shape
-    f1 = float(page.split("<td>F1</td><td>")[1].split("<")[0])
-    assert f1 >= 0.75  # the quick demo finds most of its 12 simulated cells
+    scores = json.loads((report.parent / "report.json").read_text())["accuracy"]
+    printed = float(result.stdout.split("F1 ")[1].split()[0])
+    assert printed == pytest.approx(scores["f1"], abs=1e-3)  # the demo prints what the report shows
+    assert scores["f1"] >= 0.75  # the quick demo finds most of its 12 simulated cells (0.857 measured)
 
 
 def test_motion_correct_command_recovers_simulated_shifts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -207,11 +207,56 @@ def cmd_motion_correct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console_warnings_only() -> None:
+    """The pipeline logs its details to OUT/run.log; the console keeps headers, bars and warnings."""
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet)
-    print(f"report: {report}")
+    _console_warnings_only()
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, progress=not args.quiet,
+                      engine=args.scheduler)
+    print(result.summary())
+    print(f"report: {result.report}")
+    return 0
+
+
+def _parse_set(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["quality.min_SNR=3", "pw_rigid=true"]`` → ``{"quality.min_SNR": 3, "pw_rigid": True}``
+    (values parsed as YAML scalars/lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set quality.min_SNR=3")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: cannot read the value ({exc}).") from None
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import run
+
+    _console_warnings_only()
+    movie = _open(args)
+    radius: Any = None
+    if args.radius:
+        radius = args.radius[0] if len(args.radius) == 1 else tuple(args.radius)
+    result = run(
+        movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
+        radius=radius, decay_time=args.decay_time, overrides=_parse_set(args.set), motion=not args.no_motion,
+        force=args.force, from_stage=args.from_stage, nwb=args.nwb, progress=not args.quiet, debug=args.debug,
+    )
+    est = result.estimates
+    written = [p for p in (result.results_path, result.report_path, result.nwb_path) if p is not None]
+    print(f"{est.K} components, {est.accepted_indices.size} accepted; wrote " + ", ".join(map(str, written)))
     return 0
 
 
@@ -280,10 +325,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing corrected.zarr")
     p.set_defaults(func=cmd_motion_correct)
 
-    p = sub.add_parser("demo", help="run on built-in simulated data and write a report")
+    p = sub.add_parser("run", help="the whole pipeline: motion → CNMF → quality → ΔF/F → results + report",
+                       description="Run the batch pipeline on a movie. Finished stages are kept in OUT/stages "
+                                   "and reused by the next run when their inputs and parameters are unchanged.")
+    _add_movie_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder (results.h5, report/, stages/, run.log)")
+    p.add_argument("--params", type=Path, help="parameter file (.yaml/.json; CaImAn/Mesmerize keys accepted)")
+    p.add_argument("--radius", type=float, nargs="+", metavar="PX",
+                   help="neuron radius in pixels (half a cell body's width); one value or one per axis")
+    p.add_argument("--decay-time", type=float, metavar="S", help="indicator decay time, s (GCaMP6f ≈ 0.4)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set quality.min_SNR=3 (repeatable)")
+    p.add_argument("--no-motion", action="store_true", help="skip motion correction (the movie is already registered)")
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (Dask cluster on this machine, default), 'serial', or a scheduler address")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")
+    p.add_argument("--force", action="store_true", help="run every stage again")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="run again from this stage on: motion, summary, cnmf, quality, refit, traces, results")
+    p.add_argument("--nwb", action="store_true", help="also write OUT/results.nwb")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the pipeline on a simulated movie, scored against the ground truth")
     p.add_argument("--out", type=Path, default=Path("somascope-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller movie (seconds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default=None,
+                   help="'serial', 'local' or a scheduler address (default: serial with --quick, else local)")
     p.set_defaults(func=cmd_demo)
     return parser
 

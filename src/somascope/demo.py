@@ -1,157 +1,110 @@
-"""The built-in demo: the main job on simulated data, end to end, with a report.
+"""The built-in demo: the batch pipeline on a simulated movie, scored against its ground truth.
 
-``somascope demo`` simulates a two-photon movie with known cells and motion, writes it to an
-out-of-core Store, computes the summary images, saves the ground truth as a results file and
-writes an HTML report. Later stages (motion correction, CNMF, evaluation) join this same
-command as they land.
+``somascope demo --out DIR`` simulates a two-photon movie with known cells and rigid motion
+into ``DIR/movie.zarr`` (written out of core), saves the truth to ``DIR/ground_truth.h5``,
+then runs :func:`somascope.pipeline.run` on the movie with ``DIR`` as the output folder
+(motion → summary → CNMF → quality → traces → ``DIR/results.h5`` and
+``DIR/report/report.html``). The report shows the accuracy against the truth; the demo also
+returns and prints it (F1 of the accepted components against the active somata, median
+correlation of the matched traces).
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .report import Section, contour_panel, image_panel, save_figure, trace_panel, write_report
+#: The quick demo (tests, a first try): seconds.
+QUICK_SPEC: dict[str, Any] = {"dims": (64, 64), "n_frames": 1000, "n_cells": 12}
+#: The default demo: about a minute on two cores.
+FULL_SPEC: dict[str, Any] = {"dims": (192, 192), "n_frames": 2000, "n_cells": 60}
+#: Settings shared by both.
+COMMON_SPEC: dict[str, Any] = {"frame_rate": 30.0, "decay_time": 0.4, "neuron_radius": 5.0, "motion": "rigid",
+                               "max_shift": 4.0}
 
 
-class _Stages:
-    """Wall time and process peak memory per stage, for the report."""
+@dataclass
+class DemoResult:
+    """Where the demo wrote its files and how well the pipeline did against the truth."""
 
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str]] = []
+    out: Path
+    report: Path | None
+    results: Path
+    f1: float
+    precision: float
+    recall: float
+    trace_corr: float
+    n_true: int
+    n_found: int
+    n_accepted: int
+    run: Any
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        import psutil
-
-        proc = psutil.Process()
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
-        rss = proc.memory_info().rss / 2**30
-        self.rows.append((name, f"{seconds:.1f} s, process memory {rss:.2f} GiB"))
-        return result
+    def summary(self) -> str:
+        return (f"{self.n_accepted} of {self.n_found} components accepted; against the {self.n_true} active "
+                f"somata: F1 {self.f1:.3f} (precision {self.precision:.3f}, recall {self.recall:.3f}), "
+                f"median trace correlation {self.trace_corr:.3f}")
 
 
-def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0, progress: bool = True) -> Path:
-    """Run the demo into folder ``out``; return the report path.
+def run_demo(out: str | os.PathLike[str], *, quick: bool = False, seed: int = 0, progress: bool = True,
+             engine: Any = None, force: bool = False) -> DemoResult:
+    """Simulate, run the pipeline into ``out`` and score it; returns a :class:`DemoResult`.
 
     ``quick`` uses a 64×64×1000 movie with 12 cells (seconds); the default is 192×192×2000
-    frames at 30 Hz with 60 cells (about a minute on two cores). Steps: simulate (with rigid
-    motion) → Store → motion correction → summary images → CNMF (RollingGreedyROI init,
-    HALS/OASIS updates, merging) → quality tests → ΔF/F → results file, each scored against
-    the ground truth.
+    frames at 30 Hz with 60 cells. ``engine``: as :func:`somascope.pipeline.run` (default:
+    this process for the quick demo, a local Dask cluster otherwise). The movie is simulated
+    afresh on every call, so a second demo into the same folder computes every stage again.
     """
-    from . import motion, simulate
-    from .cnmf import fit
-    from .motion.plots import plot_quality, plot_shifts
-    from .cnmf.estimates import Estimates
-    from .dff import detrend_df_f
-    from .metrics import match_footprints, trace_correlation
-    from .params import Params
-    from .store import Store
-    from .summary import save_summary, summary_images
+    from . import simulate
+    from .pipeline import run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages()
-    if quick:
-        spec: dict[str, Any] = dict(dims=(64, 64), n_frames=1000, n_cells=12)
-    else:
-        spec = dict(dims=(192, 192), n_frames=2000, n_cells=60)
-    spec.update(frame_rate=30.0, decay_time=0.4, neuron_radius=5.0, motion="rigid", max_shift=4.0, seed=seed)
-
-    raw_path = out / "movie.zarr"
-    sim = stages.run("simulate → store", lambda: simulate.two_photon(**spec, out=raw_path, overwrite=True))
-    params = Params.from_neuron(radius_px=spec["neuron_radius"], fr=spec["frame_rate"],
-                                decay_time=spec["decay_time"])
-    mc = stages.run("motion correction", lambda: motion.correct(
-        Store.open(raw_path), params, out=out / "corrected.zarr", overwrite=True, progress=progress))
-    mc.save(out / "motion")
-    # the corrected movie is aligned to a template made from the data: the truth, drawn
-    # motion-free, sits at a constant offset from it (docs/conventions.md)
-    offset = np.median(np.asarray(sim.shifts) - mc.shifts, axis=0)
-    shift_rmse = float(np.sqrt(np.mean((mc.shifts + offset - np.asarray(sim.shifts)) ** 2)))
-    true_A = _shift_footprints(sim.A, tuple(sim.dims), offset)
-    store = mc.store
-    images = stages.run(
-        "summary images",
-        lambda: summary_images(store, max_corr_frames=min(1000, store.shape[0]), progress=progress),
-    )
-    save_summary(images, out / "summary")
-    est = stages.run("CNMF + quality tests", lambda: fit(store, params, progress=progress))
-    est.F_dff = stages.run("ΔF/F", lambda: detrend_df_f(est.A, est.b, est.C, est.f, est.YrA))
-    est.save(out / "results.h5")
-    truth = Estimates(A=sim.A, dims=tuple(sim.dims), C=sim.C, S=sim.S, b=sim.b, f=sim.f,
-                      frame_rate=sim.frame_rate, seed=seed, params={"simulation": sim.params})
-    truth.save(out / "ground_truth.h5")
-
-    # score the accepted components against the active somata of the ground truth
+    spec = {**(QUICK_SPEC if quick else FULL_SPEC), **COMMON_SPEC, "seed": seed}
+    movie_path = out / "movie.zarr"
+    sim = simulate.two_photon(**spec, out=movie_path, overwrite=True, progress=progress)
+    _save_truth(sim, out / "ground_truth.h5", seed)
     somata = np.flatnonzero(np.asarray(sim.active) & (np.asarray(sim.kind) == "soma"))
-    accepted = est.accepted_indices
-    match = match_footprints(true_A[:, somata], est.A[:, accepted], tuple(sim.dims))
-    corr = trace_correlation(np.asarray(sim.C)[somata], est.C[accepted], match)
 
-    image_panel({k: v for k, v in images.images().items() if v is not None}, out / "summary.png")
-    save_figure(plot_shifts(mc, frame_rate=sim.frame_rate), out / "shifts.png")
-    save_figure(plot_quality(mc, frame_rate=sim.frame_rate), out / "motion_quality.png")
-    contour_panel(images.corr, {"true somata": (true_A[:, somata], "#58a6ff"),
-                                "accepted": (est.A[:, accepted], "#39d353"),
-                                "rejected": (est.A[:, est.rejected_indices], "#f85149")},
-                  tuple(sim.dims), out / "cells.png", title="components on the correlation image")
-    shown = accepted[match.est_idx[:8]] if match.tp else accepted[:8]
-    if shown.size:
-        raw = est.C[shown] + est.YrA[shown]
-        if est.bl is not None:
-            raw = raw - est.bl[shown, None]
-        spikes = est.S[shown]
-        events = spikes > 0.1 * spikes.max(axis=1, keepdims=True)  # ticks for the larger events only
-        trace_panel({"raw (C + residual − baseline)": raw, "denoised C": est.C[shown]}, sim.frame_rate,
-                    out / "traces.png", spikes=events)
-        trace_panel({"ΔF/F": est.F_dff[shown]}, sim.frame_rate, out / "dff.png")
-    sections = [
-        Section("Movie", table=[
-            ("frames × height × width", list(store.shape)),
-            ("frame rate", f"{sim.frame_rate:g} Hz"),
-            ("cells simulated (active somata)", f"{sim.A.shape[1]} ({somata.size})"),
-            ("stores", f"{raw_path.name} (raw), corrected.zarr; chunks {store.chunks}"),
-        ]),
-        Section("Motion correction", table=[
-            ("largest true displacement", f"{np.abs(sim.shifts).max():.2f} px"),
-            ("RMSE of estimated shifts (after the template offset)", f"{shift_rmse:.3f} px"),
-            ("crispness of the mean image, raw → corrected",
-             f"{mc.metrics.get('crispness_raw', float('nan')):.4g} → "
-             f"{mc.metrics.get('crispness_corrected', float('nan')):.4g}"),
-            ("border_pix", tuple(mc.border_pix)),
-        ], figures=[("shifts.png", "estimated displacement over time"),
-                    ("motion_quality.png", "correlation of each frame with the template; mean image "
-                                           "before and after correction")]),
-        Section("Accuracy against the ground truth", table=[
-            ("components found / accepted", f"{est.K} / {accepted.size}"),
-            ("precision", match.precision), ("recall", match.recall), ("F1", match.f1),
-            ("median trace correlation (matched)", float(np.median(corr)) if corr.size else float("nan")),
-        ]),
-        Section("Summary images", figures=[("summary.png", "mean, max, std, correlation (8 neighbours), "
-                                            "max-correlation over blocks of frames")]),
-        Section("Components", figures=[("cells.png", "true somata (blue), accepted (green) and rejected "
-                                        "(red) components outlined at 30% of their peak")]),
-        Section("Traces", figures=[(name, caption) for name, caption in (
-            ("traces.png", "accepted components matched to true cells: raw and denoised traces, "
-                           "inferred events (> 10% of the largest) as ticks"),
-            ("dff.png", "ΔF/F of the same components")) if (out / name).exists()]),
-        Section("Run", table=stages.rows + [("results", "results.h5 (schema: docs/results-schema.md)")]),
-        Section("Parameters", text=params.to_json()),
-    ]
-    return write_report(out, "somascope demo", sections,
-                        subtitle="simulated two-photon movie → store → motion correction → summary → CNMF → "
-                                 "quality → ΔF/F")
+    def truth(motion: Any) -> dict[str, Any]:
+        return {"A": true_footprints(sim, motion), "somata": somata, "C": np.asarray(sim.C)}
+
+    if engine is None:
+        engine = "serial" if quick else "local"
+    result = run(movie_path, out, radius=spec["neuron_radius"], decay_time=spec["decay_time"], engine=engine,
+                 progress=progress, truth=truth, force=force)
+    return _score(out, sim, somata, result, truth)
 
 
-def _shift_footprints(A: Any, dims: tuple[int, ...], offset: np.ndarray) -> Any:
+def _save_truth(sim: Any, path: Path, seed: int) -> None:
+    from .cnmf.estimates import Estimates
+
+    Estimates(A=sim.A, dims=tuple(sim.dims), C=sim.C, S=sim.S, b=sim.b, f=sim.f, frame_rate=sim.frame_rate,
+              seed=seed, params={"simulation": sim.params},
+              extra={"active": np.asarray(sim.active), "is_soma": np.asarray(sim.kind) == "soma",
+                     "shifts": np.asarray(sim.shifts, np.float32)}).save(path)
+
+
+def true_footprints(sim: Any, motion: Any) -> Any:
+    """The true footprints (pixels × K, CSC) in the frame of the motion-corrected movie.
+
+    The corrected movie is aligned to a template made from the data, so the truth (drawn
+    motion-free) sits at a constant offset from it: the median of the true minus the estimated
+    displacements (``docs/conventions.md``). Without motion correction the truth is returned
+    as is.
+    """
+    if motion is None:
+        from scipy import sparse
+
+        return sparse.csc_matrix(sim.A)
+    offset = np.median(np.asarray(sim.shifts) - np.asarray(motion.shifts), axis=0)
+    return shift_footprints(sim.A, tuple(sim.dims), offset)
+
+
+def shift_footprints(A: Any, dims: tuple[int, ...], offset: np.ndarray) -> Any:
     """Footprints (pixels×K) moved by ``offset`` px (linear interpolation), as CSC."""
     from scipy import ndimage, sparse
 
@@ -162,3 +115,20 @@ def _shift_footprints(A: Any, dims: tuple[int, ...], offset: np.ndarray) -> Any:
         moved = ndimage.shift(img, offset, order=1, mode="constant")
         cols.append(sparse.csc_matrix(moved.reshape(-1, 1)))
     return sparse.hstack(cols, format="csc") if cols else A
+
+
+def _score(out: Path, sim: Any, somata: np.ndarray, result: Any, truth: Any) -> DemoResult:
+    from .metrics import match_footprints, trace_correlation
+    from .motion.result import MotionResult
+
+    est = result.estimates
+    motion_dir = out / "stages" / "motion" / "result"
+    motion = MotionResult.load(motion_dir, open_store=False) if (motion_dir / "metrics.json").is_file() else None
+    true_A = truth(motion)["A"]
+    accepted = est.accepted_indices
+    match = match_footprints(true_A[:, somata], est.A[:, accepted], tuple(sim.dims))
+    corr = trace_correlation(np.asarray(sim.C)[somata], est.C[accepted], match) if est.C is not None else np.zeros(0)
+    return DemoResult(out=out, report=result.report_path, results=result.results_path, f1=float(match.f1),
+                      precision=float(match.precision), recall=float(match.recall),
+                      trace_corr=float(np.median(corr)) if corr.size else float("nan"), n_true=int(somata.size),
+                      n_found=int(est.K), n_accepted=int(accepted.size), run=result)

@@ -48,8 +48,6 @@ MERGE_ROUNDS = 2
 MIN_FRAMES = 16
 #: Seed of every randomized start (randomized SVD of background / sparse NMF).
 SEED = 0
-#: Pixels per block of the pixel-noise estimate (bounds the float64 FFT work space).
-_NOISE_BLOCK = 4096
 
 
 def fit(
@@ -59,6 +57,7 @@ def fit(
     seed_masks: Any = None,
     engine: Any = None,
     progress: bool = False,
+    evaluate: bool = True,
 ) -> Estimates:
     """Extract components from a movie with CNMF (see the module docstring).
 
@@ -96,7 +95,7 @@ def fit(
     """
     params = _as_params(params)
     return _fit(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
-                allow_refit=True)
+                allow_refit=True, evaluate=evaluate)
 
 
 def refit(
@@ -141,20 +140,15 @@ def pixel_noise(Y: np.ndarray, params: Any = None) -> np.ndarray:
     """Noise standard deviation of every pixel, ``(pixels,)`` float64 in movie units.
 
     The average of each pixel's periodogram over ``deconvolution.noise_range`` (method
-    ``deconvolution.noise_method``), computed :data:`_NOISE_BLOCK` pixels at a time.
+    ``deconvolution.noise_method``), computed along the time axis of the movie as stored
+    (:func:`somascope.deconvolution.estimate_noise_columns`).
     """
-    from somascope.deconvolution import estimate_noise
+    from somascope.deconvolution.noise import estimate_noise_columns
 
     params = _as_params(params)
     arr = np.asarray(Y)
-    Y2 = arr.reshape(arr.shape[0], -1)
-    P = Y2.shape[1]
-    out = np.empty(P)
     dec = params.deconvolution
-    for p0 in range(0, P, _NOISE_BLOCK):
-        p1 = min(P, p0 + _NOISE_BLOCK)
-        out[p0:p1] = estimate_noise(Y2[:, p0:p1].T, dec.noise_range, dec.noise_method)
-    return out
+    return estimate_noise_columns(arr.reshape(arr.shape[0], -1), dec.noise_range, dec.noise_method)
 
 
 def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
@@ -185,34 +179,23 @@ def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
 
 
 def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
-         allow_refit: bool) -> Estimates:
-    from somascope.params import ParameterError
-
+         allow_refit: bool, evaluate: bool = True, patches: bool = True) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
-    Y, input_path = _read_movie(source, params)
-    dims = tuple(Y.shape[1:])
+    in_patches = patches and seed_masks is None and _uses_patches(params, _check_shape(source, params))
     steps = _Steps(progress, total=6 + (1 if (allow_refit and params.quality.refit) else 0))
     t_start = time.perf_counter()
-
-    with steps.step("noise"):
-        sn = pixel_noise(Y, params)
-    with steps.step("initialisation"):
-        if seed_masks is not None:
-            from .seeded import seeded_initialization
-
-            init = seeded_initialization(Y, seed_masks, nb=params.init.nb, seed=SEED)
-        elif params.init.method == "seeded":
-            raise ParameterError("init.method='seeded' starts from given masks. Fix: pass them "
-                                 "as fit(..., seed_masks=masks), or choose another method.")
-        else:
-            from .initialization import initialize
-
-            K_fov = components_per_fov(params, dims)
-            run_params = params if K_fov == params.init.K else params.replace(K=K_fov)
-            if K_fov != params.init.K:
-                log.info("patch.rf=%s: initialising %d components on the whole field of view "
-                         "(%d per patch)", params.patch.rf, K_fov, params.init.K)
-            init = initialize(Y, run_params)
+    if in_patches:
+        with steps.step("patches: noise + initialisation"):
+            Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress)
+        steps.advance(1)  # the noise and initialisation steps happened in the patches
+    else:
+        Y, input_path = _read_movie(source, params)
+        movie = Y
+        with steps.step("noise"):
+            sn = pixel_noise(Y, params)
+        with steps.step("initialisation"):
+            init = _initialise(Y, params, seed_masks)
+    dims = tuple(int(d) for d in movie.shape[1:])
     log.info("initialised %d components (%s)", init.K, init.method)
 
     with steps.step("spatial + temporal updates"):
@@ -234,14 +217,15 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             est = _to_estimates(state, dims, sn, params, input_path)
     with steps.step("normalise"):
         est = _normalised(est)
-    with steps.step("evaluation"):
-        from somascope.evaluation import evaluate_components
+    if evaluate:
+        with steps.step("evaluation"):
+            from somascope.evaluation import evaluate_components
 
-        est = evaluate_components(est, Y, params) if est.K else est
-    if allow_refit and params.quality.refit and est.K:
+            est = evaluate_components(est, movie, params) if est.K else est
+    if evaluate and allow_refit and params.quality.refit and est.K:
         with steps.step("refit"):
             if est.accepted_indices.size:
-                est = _fit(Y, params, seed_masks=est.A[:, est.accepted_indices], engine=engine,
+                est = _fit(movie, params, seed_masks=est.A[:, est.accepted_indices], engine=engine,
                            progress=False, allow_refit=False)
                 est = dataclasses.replace(est, provenance=_provenance(input_path, params, refit=True))
             else:
@@ -250,6 +234,73 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
     log.info("CNMF: %d components (%d accepted) in %.1f s", est.K, est.accepted_indices.size,
              time.perf_counter() - t_start)
     return est
+
+
+def _initialise(Y: np.ndarray, params: Any, seed_masks: Any) -> Any:
+    """Initial components on the whole field of view (seeded, or ``init.method``)."""
+    from somascope.params import ParameterError
+
+    if seed_masks is not None:
+        from .seeded import seeded_initialization
+
+        return seeded_initialization(Y, seed_masks, nb=params.init.nb, seed=SEED)
+    if params.init.method == "seeded":
+        raise ParameterError("init.method='seeded' starts from given masks. Fix: pass them "
+                             "as fit(..., seed_masks=masks), or choose another method.")
+    from .initialization import initialize
+
+    dims = tuple(Y.shape[1:])
+    K_fov = components_per_fov(params, dims)
+    run_params = params if K_fov == params.init.K else params.replace(K=K_fov)
+    if K_fov != params.init.K:
+        log.info("patch.rf=%s: initialising %d components on the whole field of view "
+                 "(%d per patch)", params.patch.rf, K_fov, params.init.K)
+    return initialize(Y, run_params)
+
+
+def _uses_patches(params: Any, shape: tuple[int, ...]) -> bool:
+    """True when ``patch.rf`` cuts the field of view into more than one patch."""
+    rf = params.patch.rf
+    if rf is None:
+        return False
+    from .patches import patch_grid
+
+    return len(patch_grid(tuple(shape[1:]), rf, params.patch.stride, params.patch.border_pix)) > 1
+
+
+def _initialise_in_patches(source: Any, params: Any, engine: Any, progress: bool) -> tuple[Any, ...]:
+    """Map the patches, reduce them; returns ``(Y, movie, input_path, sn, init)``.
+
+    A Store stays on disk: the patches are read by the engine's workers and the updates that
+    follow read it by blocks (:class:`~somascope.cnmf.blocked.BlockedMovie`). Any other
+    source is read into memory and its patches run here, one after the other.
+    """
+    from somascope.store import Store
+
+    from .blocked import BlockedMovie
+    from .initialization import Initialization
+    from .patches import combine_patches, run_patches
+
+    if isinstance(source, Store):
+        movie = source
+        Y: Any = BlockedMovie(source, engine, progress=progress)
+        input_path = source.path
+    else:
+        Y, input_path = _read_movie(source, params)
+        movie = Y
+        if engine is not None and getattr(engine, "kind", "serial") != "serial":
+            log.info("the movie is not a Store, so its patches run in this process; write it to "
+                     "a Store (somascope.store.Store.from_source) to spread them over workers")
+    dims = tuple(int(d) for d in movie.shape[1:])
+    results = run_patches(movie, params, engine=engine, progress=progress)
+    A, C, b, f, sn = combine_patches(results, dims, params)
+    found = sum(r.n_found for r in results)
+    screened = sum(r.n_screened for r in results)
+    log.info("%d patches: %d components found, %d screened out, %d kept by their owner patch",
+             len(results), found, screened, A.shape[1])
+    init = Initialization(A=A, C=C, b=b, f=f, center=np.zeros((A.shape[1], len(dims))),
+                          method=f"{params.init.method} in {len(results)} patches", dims=dims)
+    return Y, movie, input_path, sn, init
 
 
 @dataclasses.dataclass
@@ -347,25 +398,13 @@ def _read_movie(source: Any, params: Any) -> tuple[np.ndarray, Any]:
     """The movie as a float32 array (a copy only when the dtype or layout needs one)."""
     from somascope.io import iter_chunks
 
-    shape = tuple(getattr(source, "shape", np.shape(source)))
+    shape = _check_shape(source, params)
     input_path = None
     for attr in ("path", "paths"):
         value = getattr(source, attr, None)
         if value is not None:
             input_path = value[0] if isinstance(value, (list, tuple)) else value
             break
-    ndim = params.ndim
-    if len(shape) != ndim + 1:
-        raise ValueError(f"the movie has shape {shape}, but the parameters describe {ndim}-D "
-                         f"frames (data.dxy={params.data.dxy}), so a {ndim + 1}-D movie "
-                         f"T × {'Z × ' if ndim == 3 else ''}H × W is expected. Fix: build Params "
-                         f"with one neuron radius per spatial axis of the frames.")
-    T = shape[0]
-    if T < MIN_FRAMES:
-        raise ValueError(f"the movie has {T} frames; CNMF needs at least {MIN_FRAMES} to estimate "
-                         "noise levels and time constants. Fix: pass a longer recording.")
-    if min(shape[1:]) < 1:
-        raise ValueError(f"the movie's frames {shape[1:]} are empty.")
     if isinstance(source, np.ndarray):
         if source.dtype.kind not in "biuf":
             raise ValueError(f"the movie must hold real numbers, got dtype {source.dtype}.")
@@ -381,6 +420,24 @@ def _read_movie(source: Any, params: Any) -> tuple[np.ndarray, Any]:
                          "Fix: motion-correct with border_mode='copy' or 'zero', or crop the "
                          "borders, so that every pixel holds a number.")
     return Y, input_path
+
+
+def _check_shape(source: Any, params: Any) -> tuple[int, ...]:
+    """The movie's shape, checked against the parameters (frames and spatial axes)."""
+    shape = tuple(int(s) for s in getattr(source, "shape", np.shape(source)))
+    ndim = params.ndim
+    if len(shape) != ndim + 1:
+        raise ValueError(f"the movie has shape {shape}, but the parameters describe {ndim}-D "
+                         f"frames (data.dxy={params.data.dxy}), so a {ndim + 1}-D movie "
+                         f"T × {'Z × ' if ndim == 3 else ''}H × W is expected. Fix: build Params "
+                         f"with one neuron radius per spatial axis of the frames.")
+    T = shape[0]
+    if T < MIN_FRAMES:
+        raise ValueError(f"the movie has {T} frames; CNMF needs at least {MIN_FRAMES} to estimate "
+                         "noise levels and time constants. Fix: pass a longer recording.")
+    if min(shape[1:]) < 1:
+        raise ValueError(f"the movie's frames {shape[1:]} are empty.")
+    return shape
 
 
 def _provenance(input_path: Any, params: Any, *, refit: bool = False) -> dict:
@@ -412,6 +469,11 @@ class _Steps:
                 self.bar.update(1)
 
         return run()
+
+    def advance(self, n: int) -> None:
+        """Count ``n`` steps done without running them (they happened elsewhere)."""
+        if self.bar is not None:
+            self.bar.update(n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1001,12 +1001,12 @@ def available_methods() -> tuple[str, ...]:
 def _noise_image(Y: np.ndarray) -> np.ndarray | None:
     """Noise standard deviation of each pixel of ``Y`` (``T × *dims``), floored at 1 % of the
     median; None when the median is 0 (no noise to equalise)."""
-    from somascope.deconvolution import estimate_noise
+    from somascope.deconvolution.noise import estimate_noise_columns
 
     if Y.shape[0] < 8:  # too short for a spectrum: the temporal standard deviation
         sn = Y.std(axis=0, dtype=np.float64).ravel()
     else:
-        sn = np.asarray(estimate_noise(_pixels_by_time(Y)), dtype=np.float64)
+        sn = estimate_noise_columns(Y.reshape(Y.shape[0], -1))
     floor = 0.01 * float(np.median(sn))
     if not floor > 0:
         return None

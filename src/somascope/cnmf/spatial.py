@@ -94,7 +94,9 @@ def update_spatial(
     ----------
     Y
         Movie ``T × *dims`` (2-D or 3-D frames), any real dtype; read in blocks of
-        ``spatial.block_size_spat`` pixels, never copied whole.
+        ``spatial.block_size_spat`` pixels, never copied whole. Or a
+        :class:`somascope.cnmf.blocked.BlockedMovie`: a Store read by spatial blocks in
+        parallel on an engine (out of core).
     A
         Current footprints ``pixels × K`` (sparse or dense; pixels in C order of ``dims``);
         they define the search regions.
@@ -122,7 +124,7 @@ def update_spatial(
     params = Params() if params is None else params
     sp_par = params.spatial
     Y2, dims = _as_frames(Y)
-    T, P = Y2.shape
+    T, P = int(Y2.shape[0]), int(np.prod(dims))
     A = _as_csc(A, P, "A")
     K = A.shape[1]
     C = _as_traces(C, K, T, "C")
@@ -455,6 +457,8 @@ def _sufficient_statistics(
     Reads the movie ``block`` pixels at a time, frame by frame; only the pattern's entries
     are computed (``T`` multiply-adds each).
     """
+    if hasattr(Y2, "pattern_statistics"):  # a BlockedMovie: blocks read in parallel
+        return Y2.pattern_statistics(Cf, system.indptr, system.comp, need_yy=need_yy)
     T, P = Y2.shape
     U = np.zeros(system.comp.size)
     yy = np.zeros(P) if need_yy else None
@@ -496,7 +500,9 @@ def _ellipse(local: tuple[np.ndarray, ...], w: np.ndarray, box: tuple[int, ...],
     return mask
 
 
-def _as_frames(Y: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+def _as_frames(Y: Any) -> tuple[Any, tuple[int, ...]]:
+    if hasattr(Y, "pattern_statistics"):  # somascope.cnmf.blocked.BlockedMovie (out of core)
+        return Y, tuple(Y.dims)
     arr = np.asarray(Y)
     if arr.ndim not in (3, 4):
         raise ValueError(f"Y must be a movie T × H × W (or T × Z × H × W), got shape {arr.shape}.")

@@ -80,7 +80,9 @@ def update_temporal(
     Parameters
     ----------
     Y
-        Movie ``T × *dims``; read ``temporal.block_size_temp`` pixels at a time.
+        Movie ``T × *dims``; read ``temporal.block_size_temp`` pixels at a time. Or a
+        :class:`somascope.cnmf.blocked.BlockedMovie` (a Store read by spatial blocks in
+        parallel on an engine, out of core).
     A
         Footprints ``pixels × K`` (sparse or dense); every column must be non-zero.
     b
@@ -106,7 +108,7 @@ def update_temporal(
 
     params = Params() if params is None else params
     Y2 = _frames(Y)
-    T, P = Y2.shape
+    T, P = int(Y2.shape[0]), int(np.prod(Y2.shape[1:]))
     A = sp.csc_matrix(A) if sp.issparse(A) else sp.csc_matrix(np.asarray(A))
     if A.shape[0] != P:
         raise ValueError(f"A must be pixels × K with {P} pixels, got shape {A.shape}.")
@@ -168,6 +170,8 @@ def project_movie(Y: np.ndarray, A: Any, block: int = 5000) -> np.ndarray:
     ``Y`` is ``T × *dims`` or ``T × pixels``; it is read ``block`` pixels at a time and only
     the non-zeros of ``A`` are used (``T`` multiply-adds each).
     """
+    if hasattr(Y, "project"):  # a BlockedMovie: blocks read in parallel, out of core
+        return Y.project(A)
     Y2 = _frames(Y) if np.ndim(Y) > 2 else np.asarray(Y)
     T, P = Y2.shape
     A = sp.csr_matrix(A, dtype=np.float64)
@@ -275,7 +279,9 @@ def _apply(R: np.ndarray, X: np.ndarray, AA: sp.csc_matrix, diag: np.ndarray, ro
         R[touched] -= (cols[touched] @ delta) / diag[touched, None]
 
 
-def _frames(Y: Any) -> np.ndarray:
+def _frames(Y: Any) -> Any:
+    if hasattr(Y, "project"):  # somascope.cnmf.blocked.BlockedMovie (out of core)
+        return Y
     arr = np.asarray(Y)
     if arr.ndim not in (3, 4):
         raise ValueError(f"Y must be a movie T × H × W (or T × Z × H × W), got shape {arr.shape}.")

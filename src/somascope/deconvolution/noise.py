@@ -36,6 +36,7 @@ from ._checks import as_traces
 NOISE_METHODS = ("mean", "median", "logmexp")
 _EULER_GAMMA = 0.5772156649015329
 _BLOCK_ELEMENTS = 1 << 22  # rows per FFT block are chosen so a block holds ~4 M samples
+_COLUMNS = 64  # pixels per FFT block of estimate_noise_columns (keeps a block in cache)
 #: A band whose smoothed spectrum lies this many decades below the peak is empty.
 EMPTY_BAND_DECADES = 12.0
 
@@ -120,6 +121,65 @@ def estimate_noise(
                 out[k0 + i] = _band_limited(power[i], freqs, band, lo, hi, method, out[k0 + i])
     sn = np.sqrt(out)
     return float(sn[0]) if one else sn
+
+
+def estimate_noise_columns(
+    Y: np.ndarray,
+    noise_range: Sequence[float] = (0.25, 0.5),
+    method: str = "mean",
+    adapt_band: bool = True,
+) -> np.ndarray:
+    """Noise standard deviation of every column of a frames × pixels array ``Y`` (``T × n``).
+
+    The same estimate as :func:`estimate_noise` (same band, averages and band-edge rule),
+    computed along the time axis of a movie as it is stored — no transposed or float64 copy
+    of the movie is made. Float32 data are transformed in single precision (the estimate is
+    an average over hundreds of frequencies; its float32 rounding is far below its
+    statistical error). Returns float64 ``(n,)`` in the units of ``Y``.
+    """
+    import scipy.fft
+
+    lo, hi = check_noise_range(noise_range)
+    check_noise_method(method)
+    Y = np.asarray(Y)
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be frames × pixels (T, n), got shape {Y.shape}.")
+    if not (np.issubdtype(Y.dtype, np.floating) or np.issubdtype(Y.dtype, np.integer)):
+        raise ValueError(f"Y must hold real numbers, got dtype {Y.dtype}.")
+    T, n = Y.shape
+    freqs = np.arange(T // 2 + 1) / T
+    band = (freqs > lo) & (freqs <= hi)
+    if band.sum() < 2:
+        raise ValueError(
+            f"noise_range={noise_range!r} holds fewer than 2 frequency bins of a {T}-frame "
+            "movie; widen the range or pass a longer movie."
+        )
+    first, last = int(np.flatnonzero(band)[0]), int(np.flatnonzero(band)[-1]) + 1  # a range
+    work = np.float64 if Y.dtype == np.float64 else np.float32
+    out = np.empty(n)
+    for c0 in range(0, n, _COLUMNS):
+        block = np.asarray(Y[:, c0:c0 + _COLUMNS], dtype=work)
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise ValueError(f"Y contains NaN or infinite values (first at frame {bad[0]}, pixel "
+                             f"{c0 + bad[1]}); clean the movie first.")
+        spectrum = scipy.fft.rfft(block, axis=0)  # (frequencies, columns); the DC bin is unused
+        power = spectrum.real**2
+        power += spectrum.imag**2
+        power /= T
+        in_band = power[first:last]
+        if method == "mean":
+            out[c0:c0 + block.shape[1]] = in_band.mean(axis=0, dtype=np.float64)
+        else:
+            out[c0:c0 + block.shape[1]] = _band_average(in_band.T.astype(np.float64), method)
+        if adapt_band:
+            peak = power[1:].max(axis=0)
+            sample = in_band[::8]
+            suspicious = np.median(sample, axis=0) < 10.0 ** (2 - EMPTY_BAND_DECADES) * peak
+            for i in np.flatnonzero(suspicious):
+                out[c0 + i] = _band_limited(power[:, i].astype(np.float64), freqs, band, lo, hi,
+                                            method, out[c0 + i])
+    return np.sqrt(out)
 
 
 def _band_limited(

@@ -1,0 +1,205 @@
+"""CNMF's passes over the movie, out of core: a Store read in spatial blocks by the workers.
+
+The spatial and temporal updates of CNMF touch the movie only through two products:
+
+* ``U[p, j] = Σ_t Y[t, p]·Cf[j, t]`` at the pixels ``p`` of each component's search region
+  (plus each pixel's mean and, for ``nnls_L0``, sum of squares) — the spatial update's
+  sufficient statistics (:func:`somascope.cnmf.spatial.update_spatial`);
+* ``AᵀY`` (components × frames) — the temporal update's projection
+  (:func:`somascope.cnmf.temporal.update_temporal`).
+
+Both are sums over pixels, so a :class:`BlockedMovie` splits the field of view into blocks of
+whole Store bricks (``block``, default the Store's spatial chunk, 64 × 64 px) and lets each
+engine task open the Store by path, read *its* block over all frames, ``chunk_frames`` at a
+time, and return a small partial result (the entries of its own pixels, or ``m × T`` traces of
+the ``m`` components that touch the block). Nothing of size pixels × frames is ever held by
+one process, and no movie data travels through the scheduler: only block coordinates, the
+traces of the components that touch a block, and the partial results.
+
+This is the paper's parallel refinement on the full field of view (CaImAn, Algorithm 2):
+footprint statistics by pixel blocks in parallel; traces by the groups of non-overlapping
+components of :func:`~somascope.cnmf.temporal.update_order`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["BlockedMovie"]
+
+#: Float32 elements read at a time inside one block task (≈ 64 MiB).
+_CHUNK_ELEMENTS = 16 * 2**20
+
+
+@dataclass
+class BlockedMovie:
+    """A movie ``T × *dims`` in a Store, read block by block on an engine.
+
+    Parameters
+    ----------
+    store
+        A complete :class:`somascope.store.Store` (pickled to workers as its path).
+    engine
+        :class:`somascope.parallel.Engine`; None runs the blocks in this process.
+    block
+        Spatial block shape (px per axis); default the Store's spatial chunk shape, so a task
+        reads whole bricks.
+    progress
+        Show a progress bar over the blocks of each pass.
+    """
+
+    store: Any
+    engine: Any = None
+    block: tuple[int, ...] | None = None
+    progress: bool = False
+    _blocks: list[tuple[slice, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dims = self.dims
+        block = tuple(self.store.chunks[1:]) if self.block is None else tuple(self.block)
+        if len(block) != len(dims) or min(block) < 1:
+            raise ValueError(f"block {block} must give one positive size per spatial axis of {dims}.")
+        self.block = block
+        corners = itertools.product(*[range(0, d, b) for d, b in zip(dims, block)])
+        self._blocks = [tuple(slice(s, min(s + b, d)) for s, b, d in zip(c, block, dims))
+                        for c in corners]
+
+    # -- shape -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.store.shape)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self.shape[1:]
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_pixels(self) -> int:
+        return int(np.prod(self.dims))
+
+    @property
+    def blocks(self) -> list[tuple[slice, ...]]:
+        """Spatial blocks in C order, each a tuple of slices of the frame axes."""
+        return list(self._blocks)
+
+    def block_pixels(self, blk: tuple[slice, ...]) -> np.ndarray:
+        """Flat (C-order) indices of the pixels of block ``blk``, in the block's C order."""
+        grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in blk], indexing="ij")
+        return np.ravel_multi_index(tuple(g.ravel() for g in grids), self.dims).astype(np.int64)
+
+    # -- passes ------------------------------------------------------------------------
+    def project(self, Ab: Any) -> np.ndarray:
+        """``Abᵀ·Y`` as ``M × T`` float64 for footprints ``Ab`` (pixels × M)."""
+        Ab = sp.csr_matrix(Ab, dtype=np.float64)
+        if Ab.shape[0] != self.n_pixels:
+            raise ValueError(f"the footprints have {Ab.shape[0]} pixels; the movie has {self.n_pixels}.")
+        M, T = Ab.shape[1], self.n_frames
+        items = []
+        for blk in self._blocks:
+            px = self.block_pixels(blk)
+            sub = Ab[px].tocsc()
+            cols = np.flatnonzero(np.diff(sub.indptr) > 0)
+            if cols.size:
+                items.append((self.store, blk, sp.csr_matrix(sub[:, cols]), cols))
+        out = np.zeros((M, T))
+        for cols, part in self._run(_project_block, items, "AᵀY"):
+            out[cols] += part
+        return out
+
+    def pattern_statistics(self, Cf: np.ndarray, indptr: np.ndarray, comp: np.ndarray, *,
+                           need_yy: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """The spatial update's statistics over a sparsity pattern.
+
+        ``indptr`` (``pixels + 1``) and ``comp`` give, for every pixel ``p``, the rows of
+        ``Cf`` (``M × T``) its entries ``e`` refer to. Returns ``U[e] = Σ_t Y[t, p]·Cf[comp[e], t]``,
+        the per-pixel sums of squares (if ``need_yy``, else None) and the per-pixel means.
+        """
+        P, T = self.n_pixels, self.n_frames
+        Cf = np.asarray(Cf, dtype=np.float64)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        comp = np.asarray(comp, dtype=np.int64)
+        U = np.zeros(comp.size)
+        yy = np.zeros(P) if need_yy else None
+        ymean = np.zeros(P)
+        items, where = [], []
+        for blk in self._blocks:
+            px = self.block_pixels(blk)
+            starts, stops = indptr[px], indptr[px + 1]
+            counts = stops - starts
+            local_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            entries = np.repeat(starts - local_indptr[:-1], counts) + np.arange(local_indptr[-1])
+            used, local = np.unique(comp[entries], return_inverse=True)
+            CfT = np.ascontiguousarray(Cf[used].T)
+            items.append((self.store, blk, local_indptr, local.astype(np.int64), CfT, need_yy))
+            where.append((px, entries))
+        for (px, entries), (u, s, q) in zip(where, self._run(_statistics_block, items, "Y·Cᵀ")):
+            U[entries] = u
+            ymean[px] = s / T
+            if yy is not None:
+                yy[px] = q
+        return U, yy, ymean
+
+    def _run(self, fn: Any, items: list[Any], desc: str) -> list[Any]:
+        if self.engine is None:
+            return [fn(item) for item in items]
+        return self.engine.map(fn, items, desc=desc, progress=self.progress, unit="block")
+
+
+# ------------------------------------------------------------------------------------------
+# tasks (module level: they run on workers)
+
+
+def _frames_at_a_time(blk: tuple[slice, ...]) -> int:
+    n = int(np.prod([s.stop - s.start for s in blk]))
+    return max(1, _CHUNK_ELEMENTS // max(n, 1))
+
+
+def _read_block(store: Any, blk: tuple[slice, ...], t0: int, t1: int) -> np.ndarray:
+    data = np.asarray(store[(slice(t0, t1),) + tuple(blk)], dtype=np.float32)
+    return data.reshape(t1 - t0, -1)
+
+
+def _project_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``A_blockᵀ·Y_block`` for the components ``cols`` that touch the block: ``(cols, m × T)``."""
+    from .temporal import _project_kernel
+
+    store, blk, A_sub, cols = item
+    A_sub = sp.csr_matrix(A_sub)
+    A_sub.sort_indices()
+    rows = np.flatnonzero(np.diff(A_sub.indptr) > 0)
+    T = int(store.shape[0])
+    out_t = np.zeros((T, cols.size))
+    kernel = _project_kernel()
+    step = _frames_at_a_time(blk)
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        kernel(rows, A_sub.indptr, A_sub.indices, A_sub.data, _read_block(store, blk, t0, t1),
+               out_t[t0:t1])
+    return cols, np.ascontiguousarray(out_t.T)
+
+
+def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pattern products, pixel sums and sums of squares of one block."""
+    from .spatial import _kernels
+
+    store, blk, indptr, comp, CfT, need_yy = item
+    T = int(store.shape[0])
+    n = int(indptr.size - 1)
+    U = np.zeros(comp.size)
+    ysum = np.zeros(n)
+    yy = np.zeros(n)
+    kernel = _kernels()["products"]
+    step = _frames_at_a_time(blk)
+    for t0 in range(0, T, step):
+        t1 = min(T, t0 + step)
+        kernel(indptr, comp, _read_block(store, blk, t0, t1), CfT[t0:t1], U, ysum, yy, need_yy)
+    return U, ysum, yy if need_yy else None

@@ -1,0 +1,486 @@
+"""``somascope.pipeline.run``: the batch pipeline from a raw movie to cells, resumable.
+
+The run: preflight (:mod:`~somascope.pipeline.preflight`) → plan (which stages can be reused,
+from their manifests, :mod:`~somascope.pipeline.manifest`) → disk/memory check → the stages
+(:mod:`~somascope.pipeline.stages`) in order → a summary table. Every stage writes into
+``OUT/stages/<name>.partial/`` and the folder is renamed onto ``OUT/stages/<name>/`` once its
+``manifest.json`` (written last) is in place, so a killed run never leaves a stage folder that
+looks finished. ``OUT/results.h5`` is removed before any stage runs and written (atomically)
+only by the last stage. ``OUT/run.log`` collects the log of every run (appended).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .manifest import Expected, compare, read_manifest, write_manifest
+from .preflight import PipelineError, Prepared, check_resources, prepare
+from .resources import EngineHandle, PeakMemory, ResourceEstimate, estimate_resources, human_bytes
+from .results import NWB_FILE, REPORT_DIR, RESULTS_FILE
+from .stages import STAGE_NAMES, STAGES, Stage
+
+log = logging.getLogger("somascope.pipeline")
+
+__all__ = ["RunResult", "StageRecord", "run", "plan"]
+
+STAGES_DIR = "stages"
+PARTIAL = ".partial"
+LOG_FILE = "run.log"
+PARAMS_FILE = "params.yaml"
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class StageRecord:
+    """One stage of one run. ``seconds`` and ``peak_rss_bytes`` (whole process tree) are this
+    run's; a reused stage took (almost) no time and has no peak. ``reason`` says why it ran."""
+
+    stage: str
+    seconds: float
+    peak_rss_bytes: int | None
+    reused: bool
+    detail: str
+    reason: str = ""
+    digest: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the report and the results file take it."""
+        return {"stage": self.stage, "seconds": self.seconds, "peak_rss_bytes": self.peak_rss_bytes,
+                "reused": self.reused, "detail": self.detail, "digest": self.digest}
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced: paths, the final estimates, the stage records."""
+
+    out: Path
+    results_path: Path
+    report_path: Path | None
+    nwb_path: Path | None
+    estimates: Any
+    params: Any
+    stages: list[StageRecord]
+    movie_info: dict[str, Any]
+    estimate: ResourceEstimate | None = None
+    seconds: float = 0.0
+
+    def stage(self, name: str) -> StageRecord:
+        for rec in self.stages:
+            if rec.stage == name:
+                return rec
+        raise KeyError(f"no stage {name!r}; stages: {', '.join(r.stage for r in self.stages)}")
+
+    @property
+    def reused(self) -> list[str]:
+        return [r.stage for r in self.stages if r.reused]
+
+    @property
+    def computed(self) -> list[str]:
+        return [r.stage for r in self.stages if not r.reused]
+
+    def table(self) -> str:
+        """Plain-text table: stage, time, peak memory, reused; and the total."""
+        rows = [("stage", "time", "peak memory", "reused", "")]
+        for r in self.stages:
+            rows.append((r.stage, f"{r.seconds:.1f} s", human_bytes(r.peak_rss_bytes) if r.peak_rss_bytes else "-",
+                         "yes" if r.reused else "no", r.detail))
+        peaks = [r.peak_rss_bytes for r in self.stages if r.peak_rss_bytes]
+        rows.append(("total", f"{self.seconds:.1f} s", human_bytes(max(peaks)) if peaks else "-", "", ""))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + ("  " + row[4] if row[4] else "")
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(line.rstrip() for line in lines)
+
+
+# -- the context the stages see --------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """Inputs and products shared by the stages of one run (products load lazily from disk)."""
+
+    movie: Any
+    params: Any
+    out: Path
+    engine: EngineHandle
+    motion: bool
+    nwb: bool
+    progress: bool
+    truth: Any
+    movie_info: dict[str, Any]
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[StageRecord] = field(default_factory=list)
+    _products: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _store: Any = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.movie.shape)
+
+    def folder(self, stage: str) -> Path:
+        return self.out / STAGES_DIR / stage
+
+    def remember(self, stage: str, products: Mapping[str, Any]) -> None:
+        self._products[stage] = dict(products)
+
+    def _product(self, stage: str, key: str) -> tuple[bool, Any]:
+        got = self._products.get(stage, {})
+        return (key in got), got.get(key)
+
+    def store(self) -> Any:
+        """The float32 Store of the motion stage."""
+        if self._store is None:
+            from ..store import Store
+
+            self._store = Store.open(self.folder("motion") / "movie.zarr")
+        return self._store
+
+    def motion_result(self) -> Any:
+        """The :class:`~somascope.motion.MotionResult` (None with motion correction off)."""
+        known, value = self._product("motion", "motion")
+        if known:
+            return value
+        folder = self.folder("motion") / "result"
+        if not (folder / "metrics.json").is_file():
+            return None
+        from ..motion.result import MotionResult
+
+        mc = MotionResult.load(folder, open_store=False)
+        self.remember("motion", {"motion": mc})
+        return mc
+
+    def summary(self) -> Any:
+        known, value = self._product("summary", "summary")
+        if known:
+            return value
+        from ..summary import load_summary
+
+        images = load_summary(self.folder("summary"))
+        self._products.setdefault("summary", {})["summary"] = images
+        return images
+
+    def estimates(self, stage: str) -> Any:
+        """The Estimates a stage produced (None when it produced none, e.g. refit off)."""
+        known, value = self._product(stage, "estimates")
+        if known:
+            return value
+        path = self.folder(stage) / "estimates.h5"
+        if not path.is_file():
+            return None
+        from ..cnmf.estimates import Estimates
+
+        est = Estimates.load(path)
+        self._products.setdefault(stage, {})["estimates"] = est
+        return est
+
+    def digests(self) -> dict[str, str]:
+        return {name: m.get("digest", "") for name, m in self.manifests.items()}
+
+    def records_for_report(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.records]
+
+
+# -- planning --------------------------------------------------------------------------------------
+def _expected(stage: Stage, ctx: RunContext, movie_fp: dict[str, Any]) -> Expected:
+    from .. import __version__
+
+    params, settings = stage.depends(ctx)
+    upstream = {u: ctx.manifests.get(u, {}).get("digest", "") for u in stage.upstream}
+    inputs = {"movie": movie_fp} if stage.name == "motion" else {}
+    return Expected(stage.name, inputs=inputs, params=params, settings=settings, upstream=upstream,
+                    version=__version__)
+
+
+def plan(ctx: RunContext, movie_fp: dict[str, Any], *, force: bool = False,
+         from_stage: str | None = None) -> dict[str, list[str]]:
+    """``{stage: reasons}`` for every stage: an empty list means the stage is reused.
+
+    A stage runs when forced (``force``, or at/after ``from_stage``), when an upstream stage
+    runs, or when its manifest does not match (:func:`~somascope.pipeline.manifest.compare`).
+    Fills ``ctx.manifests`` with the manifests found on disk.
+    """
+    first = STAGE_NAMES.index(from_stage) if from_stage else None
+    reasons: dict[str, list[str]] = {}
+    for i, stage in enumerate(STAGES):
+        manifest = read_manifest(ctx.folder(stage.name))
+        if manifest is not None:
+            ctx.manifests[stage.name] = manifest
+        if force:
+            reasons[stage.name] = ["--force"]
+            continue
+        if first is not None and i >= first:
+            reasons[stage.name] = [f"--from {from_stage}"]
+            continue
+        running = [u for u in stage.upstream if reasons.get(u)]
+        if running:
+            reasons[stage.name] = [f"{' and '.join(running)} {'runs' if len(running) == 1 else 'run'} again"]
+            continue
+        reasons[stage.name] = compare(manifest, _expected(stage, ctx, movie_fp), ctx.out)
+    return reasons
+
+
+# -- running one stage -------------------------------------------------------------------------------
+def _install(partial: Path, final: Path) -> None:
+    """Rename the finished ``partial`` folder onto ``final`` (an old ``final`` is removed after)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(partial, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _say(ctx: RunContext, message: str) -> None:
+    log.info(message)
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stdout)  # keeps progress bars on stderr intact
+
+
+def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[str], index: int) -> StageRecord:
+    final = ctx.folder(stage.name)
+    partial = final.with_name(stage.name + PARTIAL)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    why = "; ".join(reasons)
+    _say(ctx, f"[{index}/{len(STAGES)}] {stage.name} … ({stage.description}; runs because {why})")
+    started, t0 = time.time(), time.perf_counter()
+    try:
+        with PeakMemory() as peak:
+            outcome = stage.run(ctx, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t0
+    if stage.name == "results":
+        outputs = list(outcome.outputs)
+    else:
+        outputs = [f"{STAGES_DIR}/{stage.name}/{o}" for o in outcome.outputs]
+    manifest = write_manifest(partial, expected, run_id=uuid.uuid4().hex, started=started, seconds=seconds,
+                              peak_rss_bytes=peak.peak, outputs=outputs, detail=outcome.detail)
+    if stage.name == "motion":
+        ctx._store = None  # the Store moves with the folder
+    _install(partial, final)
+    ctx.manifests[stage.name] = manifest
+    ctx.remember(stage.name, outcome.products)
+    log.info("%s finished in %.1f s, peak memory %s: %s", stage.name, seconds, human_bytes(peak.peak),
+             outcome.detail)
+    return StageRecord(stage.name, seconds, peak.peak, False, outcome.detail, why, manifest["digest"])
+
+
+def _reuse_stage(stage: Stage, ctx: RunContext, index: int) -> StageRecord:
+    m = ctx.manifests[stage.name]
+    detail = f"{m.get('detail', '')} (reused; computed {m.get('finished', '?')} in {float(m.get('seconds', 0)):.1f} s)"
+    _say(ctx, f"[{index}/{len(STAGES)}] {stage.name}: reused, nothing changed since {m.get('finished', '?')}")
+    return StageRecord(stage.name, 0.0, None, True, detail, "", m.get("digest", ""))
+
+
+# -- housekeeping ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _run_log(out: Path, debug: bool) -> Iterator[None]:
+    """Append this run's log (``somascope`` logger, INFO; DEBUG with ``debug``) to OUT/run.log."""
+    logger = logging.getLogger("somascope")
+    handler = logging.FileHandler(out / LOG_FILE, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    level = logging.DEBUG if debug else logging.INFO
+    handler.setLevel(level)
+    old_level = logger.level
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    except BaseException as exc:
+        log.error("run failed: %s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold OUT/.lock for the run: a second run into the same folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks
+        yield
+        return
+    fh = open(out / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise PipelineError(f"another somascope run is writing into {out} right now. Fix: wait for it to "
+                                "finish, or choose another --out.") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _clear_results(out: Path) -> None:
+    """Remove the results of an earlier run (and temporaries a killed run left)."""
+    for name in (RESULTS_FILE, NWB_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    shutil.rmtree(out / REPORT_DIR, ignore_errors=True)
+    shutil.rmtree(out / STAGES_DIR / "results", ignore_errors=True)
+    for leftover in out.glob(".*.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _whole_fov_fit(params: Any, dims: Sequence[int]) -> bool:
+    """Whether CNMF reads the whole movie into memory (one patch, or no ``patch.rf``)."""
+    rf = params.patch.rf
+    if rf is None:
+        return True
+    return all(d <= 2 * r for d, r in zip(dims, rf))
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def run(
+    movie: Any,
+    out: str | os.PathLike[str],
+    params: Any = None,
+    *,
+    engine: Any = None,
+    workers: int | None = None,
+    fr: float | None = None,
+    radius: float | Sequence[float] | None = None,
+    decay_time: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    motion: bool = True,
+    force: bool = False,
+    from_stage: str | None = None,
+    nwb: bool = False,
+    progress: bool = True,
+    truth: Mapping[str, Any] | Callable[[Any], Mapping[str, Any]] | None = None,
+    debug: bool = False,
+) -> RunResult:
+    """Run the whole pipeline on a movie: motion correction → summary images → CNMF → quality
+    tests → (refit) → deconvolution and ΔF/F → results file, report (and NWB).
+
+    Parameters
+    ----------
+    movie
+        Path of a movie file (TIFF, HDF5, Zarr, NPY, …), a list of files concatenated in time,
+        or a :class:`somascope.io.Movie`. Never modified.
+    out
+        Output folder (created). Layout in ``docs/pipeline.md``. A folder of an earlier run is
+        reused stage by stage.
+    params
+        :class:`~somascope.params.Params`, a dict (CaImAn/Mesmerize keys accepted) or the path
+        of a ``.yaml``/``.json`` parameters file; None: derived from the neuron radius, frame
+        rate and decay time.
+    engine
+        :class:`~somascope.parallel.Engine`, ``"local"`` (a Dask cluster on this machine),
+        ``"serial"``/None (this process) or a scheduler address; started only if a stage runs.
+    workers
+        Worker processes for ``engine="local"`` (default: one per core).
+    fr, radius, decay_time
+        Frame rate (Hz), neuron radius (px, scalar or per axis) and indicator decay time (s);
+        they override the parameters. The frame rate is taken from ``fr``, else the parameters
+        (if they set it), else the movie's metadata; if none has it the run is refused.
+    overrides
+        Further parameter values (flat, dotted or CaImAn keys), applied last.
+    motion
+        Motion-correct; False copies the movie into the Store as it is.
+    force, from_stage
+        Run every stage again / run again from this stage on (one of
+        :data:`~somascope.pipeline.stages.STAGE_NAMES`).
+    nwb
+        Also write ``OUT/results.nwb``.
+    progress
+        Stage headers, progress bars and the final table on stdout.
+    truth
+        Ground truth of simulated data for the report: ``{"A": pixels × K_true, "somata":
+        indices, "C": K_true × T}``, or a function of the run's
+        :class:`~somascope.motion.MotionResult` (None without motion correction) returning it
+        (true footprints must be moved to the frame of the motion template).
+    debug
+        Also log DEBUG messages to ``OUT/run.log``.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    PipelineError, ParameterError, MovieError
+        Refused before any heavy work (unknown frame rate, neuron larger than a patch, disk too
+        small, output path is a file, movie too short, …).
+    """
+    if from_stage is not None and from_stage not in STAGE_NAMES:
+        raise PipelineError(f"unknown stage {from_stage!r} for --from. Fix: use one of {', '.join(STAGE_NAMES)}.")
+    t_start = time.perf_counter()
+    prepared = prepare(movie, out, params, fr=fr, radius=radius, decay_time=decay_time, overrides=overrides,
+                       motion=motion)
+    out_path = prepared.out
+    out_path.mkdir(parents=True, exist_ok=True)
+    handle = EngineHandle(engine, workers)
+    ctx = RunContext(movie=prepared.movie, params=prepared.params, out=out_path, engine=handle, motion=motion,
+                     nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info())
+    try:
+        with _lock(out_path), _run_log(out_path, debug):
+            return _run(ctx, prepared, force=force, from_stage=from_stage, t_start=t_start)
+    finally:
+        handle.close()
+        if prepared.movie is not movie:  # opened here from a path: release its files
+            prepared.movie.close()
+
+
+def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | None, t_start: float) -> RunResult:
+    from .manifest import movie_fingerprint
+
+    log.info("=== somascope run: %s → %s", ctx.movie_info["path"], ctx.out)
+    for key, value in ctx.movie_info.items():
+        log.info("movie %s: %s", key, value)
+    for message in prepared.warnings:
+        log.warning(message)
+    fingerprint = movie_fingerprint(ctx.movie)
+    reasons = plan(ctx, fingerprint, force=force, from_stage=from_stage)
+    estimate = estimate_resources(ctx.shape, ctx.params, workers=ctx.engine.planned_workers, motion=ctx.motion,
+                                  store_needed=bool(reasons["motion"]),
+                                  whole_fov_fit=_whole_fov_fit(ctx.params, ctx.shape[1:]))
+    line, warnings = check_resources(prepared, estimate)
+    _say(ctx, f"somascope run: {ctx.movie_info['shape']} at {ctx.params.data.fr:g} Hz → {ctx.out}; {line}")
+    for message in warnings:
+        log.warning(message)
+    ctx.params.save(ctx.out / PARAMS_FILE)
+    if any(reasons.values()):
+        _clear_results(ctx.out)
+    for i, stage in enumerate(STAGES, start=1):
+        if reasons[stage.name]:
+            expected = _expected(stage, ctx, fingerprint)
+            record = _run_stage(stage, ctx, expected, reasons[stage.name], i)
+        else:
+            record = _reuse_stage(stage, ctx, i)
+        ctx.records.append(record)
+    est = ctx.estimates("results")  # in memory when the results stage ran
+    if est is None:
+        from ..cnmf.estimates import Estimates
+
+        est = Estimates.load(ctx.out / RESULTS_FILE)
+    report = ctx.out / REPORT_DIR / "report.html"
+    result = RunResult(out=ctx.out, results_path=ctx.out / RESULTS_FILE,
+                       report_path=report if report.exists() else None,
+                       nwb_path=ctx.out / NWB_FILE if (ctx.out / NWB_FILE).exists() else None,
+                       estimates=est, params=ctx.params, stages=list(ctx.records), movie_info=ctx.movie_info,
+                       estimate=estimate, seconds=time.perf_counter() - t_start)
+    log.info("run finished in %.1f s:\n%s", result.seconds, result.table())
+    if ctx.progress:
+        print(result.table(), flush=True)
+    return result

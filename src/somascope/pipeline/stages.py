@@ -1,0 +1,302 @@
+"""The stages of ``somascope run``: plain functions, each reading its inputs from earlier stages'
+folders (or this run's memory) and writing its outputs into a folder of its own.
+
+Each stage is a :class:`Stage`: its name, the stages whose outputs it reads (``upstream``),
+``depends(ctx)`` → ``(params, settings)`` the dotted parameter values and other choices its
+outputs depend on (what its manifest records), and ``run(ctx, folder)`` → :class:`Outcome`.
+The runner (:mod:`somascope.pipeline.runner`) decides which stages to reuse, gives each one a
+fresh ``<name>.partial`` folder, and renames it when the stage has finished.
+
+==========  ==========================  ==================================================
+stage       reads                       writes (in ``stages/<name>/``)
+==========  ==========================  ==================================================
+motion      the movie                   ``movie.zarr`` (float32 Store), ``result/`` (MotionResult)
+summary     motion's Store              ``*.npy``, ``*.png``, ``summary.json``
+cnmf        motion's Store              ``estimates.h5`` (not evaluated)
+quality     cnmf, the Store             ``estimates.h5`` (SNR, r-values, accepted/rejected)
+refit       quality, the Store          ``estimates.h5`` (only with ``quality.refit``)
+traces      refit or quality            ``estimates.h5`` (C, S, YrA, bl, g, … and F_dff)
+results     traces, summary, motion     ``OUT/results.h5``, ``OUT/report/``, ``OUT/results.nwb``
+==========  ==========================  ==================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("somascope.pipeline")
+
+#: Groups of parameters CNMF depends on (the temporal updates deconvolve with ``deconvolution``).
+CNMF_GROUPS = ("data", "init", "patch", "merge", "temporal", "spatial", "deconvolution")
+#: Quality values CNMF uses too: each patch drops components at or below the lowest thresholds.
+CNMF_QUALITY_KEYS = ("quality.SNR_lowest", "quality.rval_lowest", "quality.N_samples_exceptionality")
+#: Block length (frames) of the max-correlation image.
+MAX_CORR_FRAMES = 1000
+#: ΔF/F: percentile of the baseline when not chosen automatically, and the running window (s).
+DFF_QUANTILE_MIN = 8.0
+DFF_WINDOW_SECONDS = 30.0
+#: Traces per engine task in the traces stage (fewer run with Numba threads in this process).
+TRACES_ENGINE_MIN = 512
+
+
+@dataclass
+class Outcome:
+    """What a stage reports: a one-line ``detail``, the files it wrote (relative to its folder
+    or, for ``results``, to OUT) and in-memory products for later stages of this run."""
+
+    detail: str
+    outputs: list[str]
+    products: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: ``depends`` and ``run`` name functions of this module, looked up when called
+    (so that a test or a plug-in can wrap ``run_cnmf`` and the runner uses the wrapper)."""
+
+    name: str
+    upstream: tuple[str, ...]
+    depends_fn: str
+    run_fn: str
+    description: str
+
+    def depends(self, ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return globals()[self.depends_fn](ctx)
+
+    def run(self, ctx: Any, folder: Path) -> Outcome:
+        return globals()[self.run_fn](ctx, folder)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def dotted(params: Any, groups: tuple[str, ...], *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"group.field": value}`` of ``params`` for ``groups`` (lists for tuples), minus ``exclude``."""
+    d = params.to_dict()
+    out = {f"{g}.{k}": v for g in groups for k, v in d[g].items()}
+    for key in exclude:
+        out.pop(key, None)
+    return out
+
+
+def _estimates_file(folder: Path, est: Any) -> list[str]:
+    est.save(folder / "estimates.h5")
+    return ["estimates.h5"]
+
+
+def _accept_detail(est: Any) -> str:
+    return f"{est.K} components, {est.accepted_indices.size} accepted, {est.rejected_indices.size} rejected"
+
+
+def _fit_evaluates(fn: Any) -> bool:
+    """Whether ``fn`` (cnmf.fit / refit) takes ``evaluate=`` (skip its own evaluation)."""
+    return "evaluate" in inspect.signature(fn).parameters
+
+
+def _unevaluated(est: Any) -> Any:
+    return dataclasses.replace(est, SNR_comp=None, r_values=None, cnn_preds=None, idx_components=None,
+                               idx_components_bad=None)
+
+
+# -- motion -----------------------------------------------------------------------------------
+def motion_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    if not ctx.motion:
+        return {}, {"motion_correction": False}
+    return dotted(ctx.params, ("motion",)), {"motion_correction": True}
+
+
+def run_motion(ctx: Any, folder: Path) -> Outcome:
+    """Motion-correct the movie into ``folder/movie.zarr`` (or copy it there with motion off)."""
+    from ..store import Store
+
+    store_path = folder / "movie.zarr"
+    if not ctx.motion:
+        Store.from_source(ctx.movie, store_path, engine=ctx.engine.get(), progress=ctx.progress)
+        return Outcome("copied into a Store (motion correction off)", ["movie.zarr"], {"motion": None})
+    from .. import motion
+
+    mc = motion.correct(ctx.movie, ctx.params, out=store_path, engine=ctx.engine.get(), progress=ctx.progress)
+    # the Store moves with the stage folder (reopened as stages/motion/movie.zarr), so the saved
+    # result records no absolute path to it
+    mc = dataclasses.replace(mc, store=None)
+    mc.save(folder / "result")
+    m = mc.metrics
+    kind = "piecewise-rigid" if mc.pw_rigid else "rigid"
+    largest = float(np.abs(mc.shifts).max()) if mc.shifts.size else 0.0
+    detail = (f"{kind}, largest shift {largest:.1f} px, crispness {m.get('crispness_raw', float('nan')):.3g} → "
+              f"{m.get('crispness_corrected', float('nan')):.3g}")
+    return Outcome(detail, ["movie.zarr", "result/metrics.json"], {"motion": mc})
+
+
+# -- summary ---------------------------------------------------------------------------------
+def summary_settings(ctx: Any) -> dict[str, Any]:
+    T = int(ctx.shape[0])
+    gsig = list(ctx.params.init.gSig) if ctx.params.data.is_1p else None
+    return {"neighbours": None, "max_corr_frames": min(MAX_CORR_FRAMES, T), "gSig": gsig}
+
+
+def summary_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {}, summary_settings(ctx)
+
+
+def run_summary(ctx: Any, folder: Path) -> Outcome:
+    """Mean, max, std, correlation and max-correlation images (PNR for one-photon data)."""
+    from ..summary import save_summary, summary_images
+
+    s = summary_settings(ctx)
+    images = summary_images(ctx.store(), neighbours=s["neighbours"], max_corr_frames=s["max_corr_frames"],
+                            gSig=s["gSig"], progress=ctx.progress)
+    written = save_summary(images, folder)
+    return Outcome(f"{len(images.images())} images", sorted(written), {"summary": images})
+
+
+# -- cnmf -----------------------------------------------------------------------------------
+def cnmf_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    p = dotted(ctx.params, CNMF_GROUPS)
+    quality = dotted(ctx.params, ("quality",))
+    for key in CNMF_QUALITY_KEYS:  # the patches screen their components with the *_lowest thresholds
+        p[key] = quality[key]
+    return p, {}
+
+
+def run_cnmf(ctx: Any, folder: Path) -> Outcome:
+    """CNMF on the Store (patches on the engine's workers when ``patch.rf`` is set), not evaluated."""
+    from ..cnmf import fit
+
+    if _fit_evaluates(fit):
+        est = fit(ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
+    else:  # pragma: no cover - a CNMF without the evaluate switch
+        est = _unevaluated(fit(ctx.store(), ctx.params.replace(refit=False), engine=ctx.engine.get(),
+                               progress=ctx.progress))
+    return Outcome(f"{est.K} components", _estimates_file(folder, est), {"estimates": est})
+
+
+# -- quality ----------------------------------------------------------------------------------
+def quality_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    p = dotted(ctx.params, ("quality",), exclude=("quality.refit",))
+    p["data.dxy"] = list(ctx.params.data.dxy)  # eccentricity
+    return p, {}
+
+
+def run_quality(ctx: Any, folder: Path) -> Outcome:
+    """Trace SNR and spatial consistency of every component → accepted / rejected."""
+    from ..evaluation import evaluate_components
+
+    est = ctx.estimates("cnmf")
+    if est.K:
+        est = evaluate_components(est, ctx.store(), ctx.params, progress=ctx.progress)
+    else:
+        est = dataclasses.replace(est, idx_components=np.zeros(0, np.int64), idx_components_bad=np.zeros(0, np.int64))
+    return Outcome(_accept_detail(est), _estimates_file(folder, est), {"estimates": est})
+
+
+# -- refit -----------------------------------------------------------------------------------
+def refit_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"quality.refit": bool(ctx.params.quality.refit)}, {}
+
+
+def run_refit(ctx: Any, folder: Path) -> Outcome:
+    """With ``quality.refit``: CNMF again seeded with the accepted footprints, evaluated again."""
+    if not ctx.params.quality.refit:
+        return Outcome("off (quality.refit is false)", [], {"estimates": None})
+    est = ctx.estimates("quality")
+    if est.accepted_indices.size == 0:
+        log.warning("refit: no component was accepted, so there is nothing to refit; keeping the evaluated "
+                    "components")
+        return Outcome("nothing to refit (no component accepted)", [], {"estimates": None})
+    from ..cnmf import refit
+    from ..evaluation import evaluate_components
+
+    kwargs = {"evaluate": False} if _fit_evaluates(refit) else {}
+    new = refit(est, ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, **kwargs)
+    new = evaluate_components(new, ctx.store(), ctx.params, progress=ctx.progress) if new.K else new
+    return Outcome(f"refit {est.accepted_indices.size} seeds: " + _accept_detail(new),
+                   _estimates_file(folder, new), {"estimates": new})
+
+
+# -- traces ----------------------------------------------------------------------------------
+def dff_settings(ctx: Any) -> dict[str, Any]:
+    """Settings of the ΔF/F (a running percentile over :data:`DFF_WINDOW_SECONDS`)."""
+    T = int(ctx.shape[0])
+    window = int(round(DFF_WINDOW_SECONDS * ctx.params.data.fr))
+    return {"quantile_min": DFF_QUANTILE_MIN, "frames_window": window if window < T else None,
+            "flag_auto": True, "use_residuals": True, "detrend_only": bool(ctx.params.data.is_1p)}
+
+
+def traces_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    p = dotted(ctx.params, ("deconvolution",))
+    return p, {"dff": dff_settings(ctx)}
+
+
+def run_traces(ctx: Any, folder: Path) -> Outcome:
+    """Deconvolve every component's raw trace (C + YrA) again, then ΔF/F."""
+    est = ctx.estimates("refit")
+    if est is None:  # refit off, or nothing to refit
+        est = ctx.estimates("quality")
+    est = final_traces(est, ctx.params, dff_settings(ctx), engine=ctx.engine)
+    return Outcome(f"{est.K} traces deconvolved (AR({ctx.params.deconvolution.p})), ΔF/F",
+                   _estimates_file(folder, est), {"estimates": est})
+
+
+def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None) -> Any:
+    """``est`` with ``C, S, YrA, bl, g, c1, lam, neurons_sn`` from one deconvolution of the raw
+    traces ``C + YrA`` (K × T) with ``params.deconvolution``, and ``F_dff`` from them.
+
+    The raw trace is kept: ``C_new + YrA_new == C + YrA`` (``YrA`` holds the baseline ``bl``).
+    ``engine`` (an :class:`EngineHandle` or Engine) is used for :data:`TRACES_ENGINE_MIN` traces
+    or more on a parallel engine; fewer run with Numba threads here.
+    """
+    from ..deconvolution import deconvolve_traces
+    from ..dff import detrend_df_f
+
+    if est.C is None or est.K == 0:
+        T = 0 if est.C is None else est.C.shape[1]
+        return dataclasses.replace(est, F_dff=np.zeros((0, T), np.float32)) if est.C is not None else est
+    raw = est.C.astype(np.float64) + (0.0 if est.YrA is None else est.YrA)
+    eng = None
+    if engine is not None and est.K >= TRACES_ENGINE_MIN and getattr(engine, "kind", "serial") != "serial":
+        eng = engine.get() if hasattr(engine, "get") else engine
+    d = deconvolve_traces(raw, params=params.deconvolution, engine=eng)
+    C = d.C.astype(np.float32)
+    YrA = (raw - C).astype(np.float32)
+    F = detrend_df_f(est.A, est.b, C, est.f, YrA, quantile_min=dff["quantile_min"],
+                     frames_window=dff["frames_window"], flag_auto=dff["flag_auto"],
+                     use_residuals=dff["use_residuals"], detrend_only=dff["detrend_only"])
+    return dataclasses.replace(est, C=C, S=d.S.astype(np.float32), YrA=YrA, bl=d.b, g=d.g, c1=d.c1, lam=d.lam,
+                               neurons_sn=d.sn, F_dff=np.asarray(F, np.float32))
+
+
+# -- results ---------------------------------------------------------------------------------
+def results_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {}, {"nwb": bool(ctx.nwb), "report": True}
+
+
+def run_results(ctx: Any, folder: Path) -> Outcome:
+    """``OUT/results.h5``, the report and (with ``nwb``) ``OUT/results.nwb``."""
+    from .results import write_results
+
+    return write_results(ctx, folder)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("motion", (), "motion_depends", "run_motion", "motion correction → float32 Store"),
+    Stage("summary", ("motion",), "summary_depends", "run_summary", "summary images"),
+    Stage("cnmf", ("motion",), "cnmf_depends", "run_cnmf", "CNMF: patches, initialisation, updates, merging"),
+    Stage("quality", ("cnmf",), "quality_depends", "run_quality", "quality tests → accepted / rejected"),
+    Stage("refit", ("quality",), "refit_depends", "run_refit", "refit seeded with the accepted components"),
+    Stage("traces", ("refit",), "traces_depends", "run_traces", "deconvolution and ΔF/F"),
+    Stage("results", ("traces", "summary"), "results_depends", "run_results", "results file and report"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(name)
