@@ -215,8 +215,9 @@ def test_fixed_baseline_and_fixed_penalty():
 
 def test_negative_baseline_needs_bas_nonneg_false():
     y, _, _ = simulate(G1, 2000, 0.03, 0.2, -0.8, seed=11)
-    assert deconvolve(y, g=G1, sn=0.2).b == 0.0
+    assert deconvolve(y, g=G1, sn=0.2, bas_nonneg=True).b == 0.0
     assert deconvolve(y, g=G1, sn=0.2, bas_nonneg=False).b == pytest.approx(-0.8, abs=0.1)
+    assert deconvolve(y, g=G1, sn=0.2).b == pytest.approx(-0.8, abs=0.1)  # the default is free
 
 
 def test_everything_estimated_from_the_trace():

@@ -131,7 +131,7 @@ def scene() -> dict:
 
 
 def test_rule_keeps_true_cells_and_rejects_injected_junk(scene: dict) -> None:
-    params = Params.from_neuron(5, fr=FR, decay_time=DECAY)
+    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False)  # the SNR / r-value rule alone
     ev = evaluate_components(scene["est"], scene["movie"], params)
     g = scene["groups"]
     accepted = np.isin(np.arange(ev.K), ev.idx_components)
@@ -163,7 +163,7 @@ def test_evaluation_returns_a_new_object_and_leaves_inputs_alone(scene: dict) ->
     est, movie = scene["est"], scene["movie"]
     movie_before = movie[::97].copy()
     C_before = est.C.copy()
-    ev = evaluate_components(est, movie, Params.from_neuron(5, fr=FR, decay_time=DECAY))
+    ev = evaluate_components(est, movie, Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False))
     assert ev is not est
     assert est.SNR_comp is None and est.r_values is None and est.YrA is None and est.idx_components is None
     np.testing.assert_array_equal(est.C, C_before)
@@ -205,7 +205,7 @@ def test_given_residuals_are_used_and_not_recomputed(scene: dict) -> None:
 def test_cnn_predictions_enter_the_rule_when_present(scene: dict) -> None:
     est, movie = scene["est"], scene["movie"]
     g = scene["groups"]
-    params = Params.from_neuron(5, fr=FR, decay_time=DECAY)
+    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False)
     plain = evaluate_components(est, movie, params)
     cell, junk = g["true"][0], g["noise"][0]
     assert cell in plain.idx_components and junk in plain.idx_components_bad
@@ -234,7 +234,7 @@ def test_volumetric_components_are_evaluated() -> None:
     Cj = np.array([noise_following_trace(a @ residual / (a @ a), sim.frame_rate * 1.2) for a in Aj.T])
     est = Estimates(A=sp.hstack([sim.A[:, act], sp.csc_matrix(Aj)]).tocsc(), C=np.vstack([sim.C[act], Cj]),
                     b=sim.b, f=sim.f, dims=dims, frame_rate=sim.frame_rate)
-    params = Params.from_neuron((1.5, 4.0, 4.0), fr=sim.frame_rate, decay_time=1.2)
+    params = Params.from_neuron((1.5, 4.0, 4.0), fr=sim.frame_rate, decay_time=1.2, use_ecc=False)
     ev = evaluate_components(est, sim.movie, params)
     K0 = act.size
     accepted = np.isin(np.arange(ev.K), ev.idx_components)
@@ -478,7 +478,8 @@ def test_eccentricity_of_known_shapes() -> None:
 
 
 def test_select_components_truth_table() -> None:
-    q = QualityParams(min_SNR=2.5, SNR_lowest=0.5, rval_thr=0.8, rval_lowest=-0.2, min_cnn_thr=0.9, cnn_lowest=0.1)
+    q = QualityParams(min_SNR=2.5, SNR_lowest=0.5, rval_thr=0.8, rval_lowest=-0.2, min_cnn_thr=0.9, cnn_lowest=0.1,
+                      use_ecc=False)
     snr = np.array([3.0, 1.0, 1.0, 0.4, 3.0, 1.0, np.nan, 3.0, 3.0])
     r = np.array([0.0, 0.9, 0.5, 0.95, -0.5, np.nan, 0.9, 0.0, 0.0])
     good, bad = select_components(snr, r, quality=q)

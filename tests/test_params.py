@@ -38,7 +38,7 @@ def test_static_defaults_are_the_rules_at_the_default_neuron():
         1, 200, "copy", None, False)
     d = plain.deconvolution
     assert (d.p, d.s_min, d.bas_nonneg, d.noise_range, d.noise_method) == (
-        1, None, True, (0.25, 0.5), "mean")
+        1, None, False, (0.25, 0.5), "mean")
     assert (d.lags, d.fudge_factor, d.optimize_g, d.method_deconvolution) == (10, 0.98, 0, "oasis")
 
 
@@ -50,14 +50,16 @@ def test_derived_defaults_scale_with_neuron_radius():
     large = Params.from_neuron(radius_px=8, fr=30, decay_time=0.4)
     assert small.init.gSig == (4.0, 4.0) and large.init.gSig == (8.0, 8.0)
     assert small.init.gSiz == (9, 9) and large.init.gSiz == (17, 17)  # 2·gSig + 1, odd
-    assert small.patch.rf == (18, 18) and large.patch.rf == (34, 34)
+    assert small.patch.rf == (36, 36) and large.patch.rf == (68, 68)  # 4·gSiz
     assert small.patch.stride == (9, 9) and large.patch.stride == (17, 17)
     assert small.motion.max_shifts == (5, 5) and large.motion.max_shifts == (10, 10)
     assert small.motion.strides == (40, 40) and large.motion.strides == (80, 80)
     assert large.motion.overlaps == (40, 40)
     assert small.init.ssub == 1 and large.init.ssub == 3
     # the number of components per patch follows patch area / neuron area, not the radius
-    assert small.init.K == large.init.K == 5
+    for p, r in ((small, 4), (large, 8)):
+        assert p.init.K == round(0.3 * (2 * p.patch.rf[0]) ** 2 / (np.pi * r**2))
+    assert abs(small.init.K - large.init.K) <= 3
 
 
 def test_derived_defaults_scale_with_pixel_size():

@@ -34,13 +34,23 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   ``gSig`` (``r = gSig``, 1p: ``2·gSig``) or ``gSiz`` (``(gSiz - 1) / 2``), else 5 px.
 * ``init.gSig = r`` (1p: ``r / 2``, the CNMF-E filter width);
   ``init.gSiz = 2·ceil(r) + 1`` (odd; equals ``2·gSig + 1`` for two-photon).
-* ``patch.rf = 2·gSiz`` (1p: ``3·gSiz``, room for the ring background);
+* ``patch.rf = 4·gSiz`` (1p: ``3·gSiz``, room for the ring background): patches of about
+  eight neurons across (88 px for 5 px neurons), large enough that the overlaps cost little;
   ``patch.stride = gSiz`` (1p: ``ceil(1.5·gSiz)``) so every neuron lies whole in some patch.
-* ``init.K`` = components per patch: ``round(0.2 × patch volume / neuron volume)`` (cells
-  cover at most ~20 % of the tissue), at least 1; 30 when ``rf`` is None (whole field of view).
+* ``init.K`` = components per patch: ``round(0.3 × patch volume / neuron volume)`` (a
+  margin over the ~20 % of tissue that cells cover at most: surplus candidates are merged
+  away or rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf``
+  is None (whole field of view).
 * ``init.ssub = p_ssub = max(1, floor(min(gSig) / 2.5))`` (keeps gSig ≥ 2.5 px after spatial
-  downsampling); ``init.tsub = p_tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames
-  per decay time after temporal downsampling).
+  downsampling); ``init.tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames per
+  decay time after temporal downsampling); inside patches ``p_tsub = max(1,
+  floor(fr·decay_time / 3))`` (≥ 3 frames per decay time: the patches only initialise; the
+  full-rate data refine the result).
+* ``quality.use_ecc`` is on: footprints more than ``max_ecc`` = 3 times longer than wide
+  (dendrites, axons, border slivers) are rejected as not being somata.
+* ``deconvolution.bas_nonneg`` is off: a CNMF trace's baseline is whatever the background
+  and the footprint's constant leave, often negative; constraining it to ≥ 0 zeroes the
+  traces of real cells (8 % of them on a simulated 512×512 movie).
 * ``init.method`` = ``"rolling_greedy_roi"`` (1p: ``"greedy_corr"``); ``init.nb`` = 1 (1p: 0, the ring
   model); ``patch.nb_patch = nb`` if ``nb ≤ 0`` else 1; ``init.normalize_init`` = False for
   ``greedy_corr`` else True; ``patch.del_duplicates`` = ``is_1p``;
@@ -406,7 +416,7 @@ class InitParams(_Group):
     _group: ClassVar[str] = "init"
 
     method: str = "rolling_greedy_roi"
-    K: int | None = 5
+    K: int | None = 30
     gSig: tuple[float, ...] = (5.0, 5.0)
     gSiz: tuple[int, ...] = (11, 11)
     ssub: int = 2
@@ -486,14 +496,14 @@ class PatchParams(_Group):
 
     _group: ClassVar[str] = "patch"
 
-    rf: tuple[int, ...] | None = (22, 22)
+    rf: tuple[int, ...] | None = (44, 44)
     stride: tuple[int, ...] = (11, 11)
     border_pix: int = 0
     only_init: bool = True
     nb_patch: int = 1
     p_patch: int = 0
     p_ssub: int = 2
-    p_tsub: int = 2
+    p_tsub: int = 4
     del_duplicates: bool = False
     low_rank_background: bool = True
     remove_very_bad_comps: bool = False
@@ -650,7 +660,7 @@ class QualityParams(_Group):
     min_cnn_thr: float = 0.9
     cnn_lowest: float = 0.1
     gSig_range: tuple[float, ...] | None = None
-    use_ecc: bool = False
+    use_ecc: bool = True
     max_ecc: float = 3.0
     N_samples_exceptionality: int = 12
     refit: bool = False
@@ -812,7 +822,7 @@ class DeconvolutionParams(_Group):
 
     p: int = 1
     s_min: float | str | None = None
-    bas_nonneg: bool = True
+    bas_nonneg: bool = False
     noise_range: tuple[float, float] = (0.25, 0.5)
     noise_method: str = "mean"
     lags: int = 10
@@ -877,7 +887,7 @@ def _rule_K(v: dict[str, Any], ndim: int) -> int:
         return 30
     ball = math.pi if ndim == 2 else 4.0 / 3.0 * math.pi
     ratio = math.prod(2 * x for x in rf) / (ball * math.prod(v["data.neuron_radius"]))
-    return max(1, round(0.2 * ratio))
+    return max(1, round(0.3 * ratio))
 
 
 def _stride_of(gsiz: int, is_1p: bool) -> int:
@@ -890,13 +900,13 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("init.gSig", lambda v, n: tuple(r / 2 if v["data.is_1p"] else float(r)
                                      for r in v["data.neuron_radius"])),
     ("init.gSiz", lambda v, n: tuple(2 * _ceil(r) + 1 for r in v["data.neuron_radius"])),
-    ("patch.rf", lambda v, n: tuple((3 if v["data.is_1p"] else 2) * s for s in v["init.gSiz"])),
+    ("patch.rf", lambda v, n: tuple((3 if v["data.is_1p"] else 4) * s for s in v["init.gSiz"])),
     ("patch.stride", lambda v, n: tuple(_stride_of(s, v["data.is_1p"]) for s in v["init.gSiz"])),
     ("init.K", _rule_K),
     ("init.ssub", lambda v, n: max(1, math.floor(min(v["init.gSig"]) / 2.5 + 1e-9))),
     ("init.tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 6 + 1e-9))),
     ("patch.p_ssub", lambda v, n: v["init.ssub"]),
-    ("patch.p_tsub", lambda v, n: v["init.tsub"]),
+    ("patch.p_tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 3 + 1e-9))),
     ("init.method", lambda v, n: "greedy_corr" if v["data.is_1p"] else "rolling_greedy_roi"),
     ("init.nb", lambda v, n: 0 if v["data.is_1p"] else 1),
     ("patch.nb_patch", lambda v, n: v["init.nb"] if v["init.nb"] <= 0 else 1),

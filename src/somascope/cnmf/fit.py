@@ -9,8 +9,7 @@
 3. spatial update (:mod:`~somascope.cnmf.spatial`), then temporal update with OASIS
    deconvolution, ``temporal.ITER`` block-coordinate passes (:mod:`~somascope.cnmf.temporal`);
 4. merging of overlapping, correlated components (:mod:`~somascope.cnmf.merging`), then a
-   second spatial and temporal update (as CaImAn does), and further merge → update rounds
-   while components still merge (at most :data:`MERGE_ROUNDS` in all);
+   second spatial and temporal update (as CaImAn does; :data:`MERGE_ROUNDS` such rounds);
 5. footprints scaled to unit L2 norm (traces carry the scale, as in CaImAn);
 6. quality evaluation (:func:`somascope.evaluation.evaluate_components`: trace SNR,
    spatial consistency → accepted / rejected);
@@ -41,9 +40,9 @@ __all__ = ["fit", "refit", "pixel_noise", "components_per_fov"]
 
 log = logging.getLogger(__name__)
 
-#: Merge → update rounds after the first update (the first round always updates, later
-#: rounds only when something merged).
-MERGE_ROUNDS = 2
+#: Merge → update rounds after the first update (CaImAn's batch order: update, merge,
+#: update; a further round would cost two more passes over the movie).
+MERGE_ROUNDS = 1
 #: Fewest frames CNMF accepts (noise and time-constant estimation need them).
 MIN_FRAMES = 16
 #: Seed of every randomized start (randomized SVD of background / sparse NMF).
