@@ -24,6 +24,8 @@ _SUBMODULES = {
     "deconvolution",
     "dff",
     "evaluation",
+    "pipeline",
+    "report",
     "cli",
 }
 

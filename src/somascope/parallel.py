@@ -164,7 +164,13 @@ class Engine:
                 return results
             from distributed import as_completed
 
-            futures = self._client.map(fn, items, pure=False)
+            import warnings
+
+            with warnings.catch_warnings():
+                # many small items (block coordinates, a few traces each) add up to tens of MB;
+                # that is by design, not the "large array in the graph" this warning is about
+                warnings.filterwarnings("ignore", message="Sending large graph")
+                futures = self._client.map(fn, items, pure=False)
             index = {f.key: i for i, f in enumerate(futures)}
             results = [None] * len(items)
             try:

@@ -1367,6 +1367,19 @@ class Params:
 
     # ---- constructors
 
+    @staticmethod
+    def given_keys(d: Mapping[str, Any]) -> set[str]:
+        """Dotted names (``"data.fr"``) of the parameters a dict sets, however it spells them
+        (nested, flat, CaImAn or Mesmerize keys and aliases); keys CaImAn accepts that mean
+        nothing here are left out silently (:meth:`from_dict` warns about them)."""
+        quiet = logging.getLogger(__name__)
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return set(_collect_all(d).values)
+        finally:
+            quiet.setLevel(level)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Params:
         """Build from a nested, flat, dotted, CaImAn or Mesmerize dict (module docstring).

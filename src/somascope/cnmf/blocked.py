@@ -148,6 +148,15 @@ class BlockedMovie:
                 yy[px] = q
         return U, yy, ymean
 
+    def noise(self, noise_range: Any = (0.25, 0.5), method: str = "mean") -> np.ndarray:
+        """Noise standard deviation of every pixel, ``(pixels,)`` float64 (each block's pixels
+        over all frames, :func:`somascope.deconvolution.noise.estimate_noise_columns`)."""
+        items = [(self.store, blk, tuple(noise_range), method) for blk in self._blocks]
+        sn = np.empty(self.n_pixels)
+        for blk, part in zip(self._blocks, self._run(_noise_block, items, "pixel noise")):
+            sn[self.block_pixels(blk)] = part
+        return sn
+
     def _run(self, fn: Any, items: list[Any], desc: str) -> list[Any]:
         if self.engine is None:
             return [fn(item) for item in items]
@@ -203,3 +212,12 @@ def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np
         t1 = min(T, t0 + step)
         kernel(indptr, comp, _read_block(store, blk, t0, t1), CfT[t0:t1], U, ysum, yy, need_yy)
     return U, ysum, yy if need_yy else None
+
+
+def _noise_block(item: tuple[Any, ...]) -> np.ndarray:
+    """Noise of every pixel of one block (all frames of the block are read at once)."""
+    from somascope.deconvolution.noise import estimate_noise_columns
+
+    store, blk, noise_range, method = item
+    T = int(store.shape[0])
+    return estimate_noise_columns(_read_block(store, blk, 0, T), noise_range, method)

@@ -104,6 +104,7 @@ def refit(
     *,
     engine: Any = None,
     progress: bool = False,
+    evaluate: bool = True,
 ) -> Estimates:
     """Run CNMF again seeded with the accepted footprints of ``est`` (CaImAn's ``refit``).
 
@@ -115,7 +116,7 @@ def refit(
     est
         A fitted (and usually evaluated) :class:`Estimates`; not modified.
     source
-        The movie ``est`` was computed from.
+        The movie ``est`` was computed from (a Store is read by blocks, out of core).
     params
         Parameters; None: ``est.params`` (else the defaults).
     """
@@ -131,7 +132,7 @@ def refit(
                          "est.select(indices) with the components you trust.")
     masks = est.A[:, accepted]
     out = _fit(source, params, seed_masks=masks, engine=engine, progress=progress,
-               allow_refit=False)
+               allow_refit=False, evaluate=evaluate)
     return dataclasses.replace(out, provenance={**out.provenance, "refit": True})
 
 
@@ -187,6 +188,17 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         with steps.step("patches: noise + initialisation"):
             Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress)
         steps.advance(1)  # the noise and initialisation steps happened in the patches
+    elif seed_masks is not None and _is_store(source):
+        # seeded (refit) on a Store: out of core, every pass over the movie by blocks
+        from .blocked import BlockedMovie
+
+        movie, input_path = source, source.path
+        Y = BlockedMovie(source, engine, progress=progress)
+        dec = params.deconvolution
+        with steps.step("noise"):
+            sn = Y.noise(dec.noise_range, dec.noise_method)
+        with steps.step("initialisation"):
+            init = _initialise(Y, params, seed_masks)
     else:
         Y, input_path = _read_movie(source, params)
         movie = Y
@@ -257,6 +269,12 @@ def _initialise(Y: np.ndarray, params: Any, seed_masks: Any) -> Any:
     return initialize(Y, run_params)
 
 
+def _is_store(source: Any) -> bool:
+    from somascope.store import Store
+
+    return isinstance(source, Store)
+
+
 def _uses_patches(params: Any, shape: tuple[int, ...]) -> bool:
     """True when ``patch.rf`` cuts the field of view into more than one patch."""
     rf = params.patch.rf
@@ -274,13 +292,11 @@ def _initialise_in_patches(source: Any, params: Any, engine: Any, progress: bool
     follow read it by blocks (:class:`~somascope.cnmf.blocked.BlockedMovie`). Any other
     source is read into memory and its patches run here, one after the other.
     """
-    from somascope.store import Store
-
     from .blocked import BlockedMovie
     from .initialization import Initialization
     from .patches import combine_patches, run_patches
 
-    if isinstance(source, Store):
+    if _is_store(source):
         movie = source
         Y: Any = BlockedMovie(source, engine, progress=progress)
         input_path = source.path

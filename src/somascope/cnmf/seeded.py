@@ -32,6 +32,9 @@ __all__ = ["as_masks", "seeded_initialization"]
 RIDGE = 1e-9
 #: Pixels per block when forming ``Y·Cᵀ`` on the masked pixels.
 BLOCK_PIXELS = 5000
+#: Tile size (px per axis) of the uncovered-pixel means that give the background traces when
+#: the movie is read by blocks (out of core).
+TILE = 8
 
 
 def seeded_initialization(Y: np.ndarray, masks: Any, *, nb: int = 1, seed: int = 0) -> Initialization:
@@ -57,6 +60,8 @@ def seeded_initialization(Y: np.ndarray, masks: Any, *, nb: int = 1, seed: int =
     """
     from .temporal import project_movie
 
+    if hasattr(Y, "pattern_statistics"):  # a BlockedMovie: the Store is read by blocks
+        return _seeded_blocked(Y, masks, nb=nb, seed=seed)
     Y = np.asarray(Y)
     if Y.ndim not in (3, 4) or Y.dtype.kind not in "biuf":
         raise ValueError(f"Y must be a real movie T × H × W (or T × Z × H × W), got shape "
@@ -104,6 +109,78 @@ def seeded_initialization(Y: np.ndarray, masks: Any, *, nb: int = 1, seed: int =
         A_rows[:, empty] = M[rows][:, np.flatnonzero(empty)].toarray()
     coo = sp.coo_matrix(A_rows)
     A = sp.csc_matrix((coo.data, (rows[coo.row], coo.col)), shape=(P, K))
+    norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
+    norms[norms == 0] = 1.0
+    A = sp.csc_matrix(A @ sp.diags(1.0 / norms))
+    C = C * norms[:, None]
+    A.sort_indices()
+    return Initialization(
+        A=sp.csc_matrix(A, dtype=np.float32), C=C.astype(np.float32),
+        b=np.ascontiguousarray(b64, dtype=np.float32), f=np.ascontiguousarray(f64, dtype=np.float32),
+        center=_centers(A, dims), method="seeded", dims=dims,
+    )
+
+
+def _seeded_blocked(Y: Any, masks: Any, *, nb: int, seed: int) -> Initialization:
+    """:func:`seeded_initialization` on a :class:`~somascope.cnmf.blocked.BlockedMovie`.
+
+    The same three steps with every product over the movie done by blocks, out of core:
+    ``f`` is the NMF of the uncovered pixels' means over tiles of :data:`TILE` px (not of
+    every uncovered pixel), and each footprint pixel is the least-squares fit of only the
+    traces of the masks covering it (the in-memory path fits all traces, then masks).
+    """
+    T, dims = Y.n_frames, tuple(Y.dims)
+    P = math.prod(dims)
+    M = as_masks(masks, dims)
+    K = M.shape[1]
+    covered = np.zeros(P, bool)
+    covered[M.indices] = True
+    if nb >= 1:
+        free = np.flatnonzero(~covered)
+        if free.size < nb:
+            raise ValueError(f"the masks cover {covered.sum()} of {P} pixels, leaving fewer than "
+                             f"nb={nb} uncovered pixels to estimate the background from. Fix: use "
+                             "smaller masks or fewer background components.")
+        coords = np.unravel_index(free, dims)
+        tiles_per_axis = [-(-d // TILE) for d in dims]
+        tile = np.ravel_multi_index(tuple(c // TILE for c in coords), tiles_per_axis)
+        used, tile = np.unique(tile, return_inverse=True)
+        counts = np.bincount(tile).astype(np.float64)
+        G = sp.csc_matrix((1.0 / counts[tile], (free, tile)), shape=(P, used.size))
+        _, f = initial_background(np.ascontiguousarray(Y.project(G), dtype=np.float32), nb, seed=seed)
+        f64 = f.astype(np.float64)
+        every = np.arange(0, (P + 1) * nb, nb, dtype=np.int64)
+        W, _, _ = Y.pattern_statistics(f64, every, np.tile(np.arange(nb), P), need_yy=False)
+        W = W.reshape(P, nb)
+        F = f64 @ f64.T
+        b64 = np.maximum(_solve_spd(F, W.T).T, 0.0)
+    else:
+        b64, f64 = np.zeros((P, 0)), np.zeros((0, T))
+
+    MtY = Y.project(M) - (M.T @ b64) @ f64
+    C = np.maximum(_solve_spd((M.T @ M).toarray(), MtY), 0.0)
+
+    R = sp.csr_matrix(M)  # pixel-major: the masks covering each pixel
+    U, _, _ = Y.pattern_statistics(C, R.indptr, R.indices, need_yy=False)
+    pix = np.repeat(np.arange(P), np.diff(R.indptr))
+    U -= np.einsum("ej,je->e", b64[pix], (f64 @ C.T)[:, R.indices]) if nb >= 1 else 0.0
+    CCt = C @ C.T
+    x = np.zeros(R.indices.size)
+    single = np.diff(R.indptr) == 1
+    e1 = R.indptr[:-1][single]
+    diag = np.maximum(np.diag(CCt)[R.indices[e1]], 1e-300)
+    x[e1] = U[e1] / diag
+    for p in np.flatnonzero(np.diff(R.indptr) > 1):  # overlaps: a small system per pixel
+        lo, hi = R.indptr[p], R.indptr[p + 1]
+        comps = R.indices[lo:hi]
+        x[lo:hi] = _solve_spd(CCt[np.ix_(comps, comps)], U[lo:hi])
+    A = sp.csr_matrix((np.maximum(x, 0.0), R.indices, R.indptr), shape=(P, K)).tocsc()
+    A.eliminate_zeros()
+    empty = np.flatnonzero(np.diff(A.indptr) == 0)
+    if empty.size:  # silent cells: keep the mask itself
+        A = sp.csc_matrix(A.tolil())
+        A[:, empty] = M[:, empty]
+        A = sp.csc_matrix(A)
     norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
     norms[norms == 0] = 1.0
     A = sp.csc_matrix(A @ sp.diags(1.0 / norms))

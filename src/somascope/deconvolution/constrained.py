@@ -268,7 +268,7 @@ def deconvolve_traces(
     if engine is None:
         results = [task(item) for item in items]
     else:
-        results = engine.map(task, items, desc="deconvolve", unit="block")
+        results = engine.map(task, items, desc="deconvolve", unit="block", progress=False)
     for k0, (Cb, Sb, bb, gb, lb, sb) in zip(range(0, K, block_rows), results):
         rows = slice(k0, k0 + Cb.shape[0])
         C[rows], S[rows], out_b[rows], out_g[rows], out_lam[rows], out_sn[rows] = (

@@ -142,17 +142,10 @@ def _params_source(params: Any) -> tuple[Any, dict[str, Any] | None, str]:
 
 
 def _given_keys(d: Mapping[str, Any]) -> set[str]:
-    """Dotted names (``"data.fr"``) of the parameters a dict sets, however it spells them
-    (nested, flat, CaImAn or Mesmerize keys)."""
-    from .. import params as params_module
+    """Dotted names of the parameters a dict sets (:meth:`Params.given_keys`)."""
+    from ..params import Params
 
-    quiet = logging.getLogger(params_module.__name__)
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the ignored-keys warning is logged once, when the dict is applied
-    try:
-        return set(params_module._collect_all(d).values)  # noqa: SLF001 - the one interpreter of keys
-    finally:
-        quiet.setLevel(level)
+    return Params.given_keys(d)
 
 
 def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: Any = None,

@@ -23,7 +23,6 @@ results     traces, summary, motion     ``OUT/results.h5``, ``OUT/report/``, ``O
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +92,6 @@ def _accept_detail(est: Any) -> str:
     return f"{est.K} components, {est.accepted_indices.size} accepted, {est.rejected_indices.size} rejected"
 
 
-def _fit_evaluates(fn: Any) -> bool:
-    """Whether ``fn`` (cnmf.fit / refit) takes ``evaluate=`` (skip its own evaluation)."""
-    return "evaluate" in inspect.signature(fn).parameters
-
-
-def _unevaluated(est: Any) -> Any:
-    return dataclasses.replace(est, SNR_comp=None, r_values=None, cnn_preds=None, idx_components=None,
-                               idx_components_bad=None)
-
-
 # -- motion -----------------------------------------------------------------------------------
 def motion_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if not ctx.motion:
@@ -168,11 +157,7 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
     """CNMF on the Store (patches on the engine's workers when ``patch.rf`` is set), not evaluated."""
     from ..cnmf import fit
 
-    if _fit_evaluates(fit):
-        est = fit(ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
-    else:  # pragma: no cover - a CNMF without the evaluate switch
-        est = _unevaluated(fit(ctx.store(), ctx.params.replace(refit=False), engine=ctx.engine.get(),
-                               progress=ctx.progress))
+    est = fit(ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
     return Outcome(f"{est.K} components", _estimates_file(folder, est), {"estimates": est})
 
 
@@ -212,8 +197,7 @@ def run_refit(ctx: Any, folder: Path) -> Outcome:
     from ..cnmf import refit
     from ..evaluation import evaluate_components
 
-    kwargs = {"evaluate": False} if _fit_evaluates(refit) else {}
-    new = refit(est, ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, **kwargs)
+    new = refit(est, ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
     new = evaluate_components(new, ctx.store(), ctx.params, progress=ctx.progress) if new.K else new
     return Outcome(f"refit {est.accepted_indices.size} seeds: " + _accept_detail(new),
                    _estimates_file(folder, new), {"estimates": new})
