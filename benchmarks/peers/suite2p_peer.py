@@ -71,23 +71,6 @@ def unavailable_reason(venv: str | os.PathLike[str] | None = None) -> str | None
     return None
 
 
-def _tree_rss(proc: Any) -> int:
-    """Resident memory of ``proc`` (psutil.Process) and all its descendants, bytes."""
-    import psutil
-
-    total = 0
-    try:
-        members = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in members:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def _log_tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -149,8 +132,9 @@ def run_suite2p(
     RuntimeError
         If the runner fails; the message ends with the tail of its log.
     """
-    import psutil
     import scipy.sparse as sp
+
+    from somascope.pipeline.resources import tree_rss
 
     reason = unavailable_reason(venv)
     if reason is not None:
@@ -176,10 +160,9 @@ def run_suite2p(
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        ps = psutil.Process(proc.pid)
         try:
             while proc.poll() is None:
-                peak = max(peak, _tree_rss(ps))
+                peak = max(peak, tree_rss(proc.pid))
                 if timeout is not None and time.perf_counter() - t0 > timeout:
                     os.killpg(proc.pid, signal.SIGKILL)  # the runner's own session: only what we started
                     proc.wait()

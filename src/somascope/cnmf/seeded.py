@@ -109,16 +109,7 @@ def seeded_initialization(Y: np.ndarray, masks: Any, *, nb: int = 1, seed: int =
         A_rows[:, empty] = M[rows][:, np.flatnonzero(empty)].toarray()
     coo = sp.coo_matrix(A_rows)
     A = sp.csc_matrix((coo.data, (rows[coo.row], coo.col)), shape=(P, K))
-    norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
-    norms[norms == 0] = 1.0
-    A = sp.csc_matrix(A @ sp.diags(1.0 / norms))
-    C = C * norms[:, None]
-    A.sort_indices()
-    return Initialization(
-        A=sp.csc_matrix(A, dtype=np.float32), C=C.astype(np.float32),
-        b=np.ascontiguousarray(b64, dtype=np.float32), f=np.ascontiguousarray(f64, dtype=np.float32),
-        center=_centers(A, dims), method="seeded", dims=dims,
-    )
+    return _normalised_init(A, C, b64, f64, dims)
 
 
 def _seeded_blocked(Y: Any, masks: Any, *, nb: int, seed: int) -> Initialization:
@@ -181,6 +172,12 @@ def _seeded_blocked(Y: Any, masks: Any, *, nb: int, seed: int) -> Initialization
         A = sp.csc_matrix(A.tolil())
         A[:, empty] = M[:, empty]
         A = sp.csc_matrix(A)
+    return _normalised_init(A, C, b64, f64, dims)
+
+
+def _normalised_init(A: sp.csc_matrix, C: np.ndarray, b: np.ndarray, f: np.ndarray,
+                     dims: tuple[int, ...]) -> Initialization:
+    """The seeded start with unit-norm footprints (the traces carry the scale)."""
     norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
     norms[norms == 0] = 1.0
     A = sp.csc_matrix(A @ sp.diags(1.0 / norms))
@@ -188,7 +185,7 @@ def _seeded_blocked(Y: Any, masks: Any, *, nb: int, seed: int) -> Initialization
     A.sort_indices()
     return Initialization(
         A=sp.csc_matrix(A, dtype=np.float32), C=C.astype(np.float32),
-        b=np.ascontiguousarray(b64, dtype=np.float32), f=np.ascontiguousarray(f64, dtype=np.float32),
+        b=np.ascontiguousarray(b, dtype=np.float32), f=np.ascontiguousarray(f, dtype=np.float32),
         center=_centers(A, dims), method="seeded", dims=dims,
     )
 

@@ -28,6 +28,7 @@ frequency, the band becomes ``noise_range · f_c / 0.5``, and σ² is the noise 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,13 +99,7 @@ def estimate_noise(
     one = arr.ndim == 1
     Y = arr[None, :] if one else arr
     K, T = Y.shape
-    freqs = np.arange(T // 2 + 1) / T
-    band = (freqs > lo) & (freqs <= hi)
-    if band.sum() < 2:
-        raise ValueError(
-            f"noise_range={noise_range!r} holds fewer than 2 frequency bins of a {T}-frame "
-            "trace; widen the range or pass a longer trace."
-        )
+    freqs, band = _noise_band(T, lo, hi, noise_range)
     out = np.empty(K)
     rows = max(1, _BLOCK_ELEMENTS // T)
     for k0 in range(0, K, rows):
@@ -147,13 +142,7 @@ def estimate_noise_columns(
     if not (np.issubdtype(Y.dtype, np.floating) or np.issubdtype(Y.dtype, np.integer)):
         raise ValueError(f"Y must hold real numbers, got dtype {Y.dtype}.")
     T, n = Y.shape
-    freqs = np.arange(T // 2 + 1) / T
-    band = (freqs > lo) & (freqs <= hi)
-    if band.sum() < 2:
-        raise ValueError(
-            f"noise_range={noise_range!r} holds fewer than 2 frequency bins of a {T}-frame "
-            "movie; widen the range or pass a longer movie."
-        )
+    freqs, band = _noise_band(T, lo, hi, noise_range)
     first, last = int(np.flatnonzero(band)[0]), int(np.flatnonzero(band)[-1]) + 1  # a range
     work = np.float64 if Y.dtype == np.float64 else np.float32
     out = np.empty(n)
@@ -180,6 +169,18 @@ def estimate_noise_columns(
                 out[c0 + i] = _band_limited(power[:, i].astype(np.float64), freqs, band, lo, hi,
                                             method, out[c0 + i])
     return np.sqrt(out)
+
+
+def _noise_band(T: int, lo: float, hi: float, noise_range: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies (cycles/frame) of a ``T``-frame periodogram and the mask of the noise band."""
+    freqs = np.arange(T // 2 + 1) / T
+    band = (freqs > lo) & (freqs <= hi)
+    if band.sum() < 2:
+        raise ValueError(
+            f"noise_range={noise_range!r} holds fewer than 2 frequency bins of {T} frames; "
+            "widen the range or pass a longer recording."
+        )
+    return freqs, band
 
 
 def _band_limited(
