@@ -22,7 +22,8 @@ from somascope import simulate
 from somascope.cnmf import fit
 from somascope.cnmf.blocked import BlockedMovie
 from somascope.cnmf.fit import components_per_fov
-from somascope.cnmf.patches import Patch, PatchResult, _embed, _owned, _window_pixels, combine_patches, patch_grid
+from somascope.cnmf.patches import (Patch, PatchResult, _embed, _owned, _window_pixels, combine_patches,
+                                    patch_grid)
 from somascope.cnmf.spatial import _PixelSystem, _sufficient_statistics, search_regions, update_spatial
 from somascope.cnmf.temporal import project_movie, update_temporal
 from somascope.metrics import match_footprints
@@ -252,7 +253,9 @@ def local(vec: np.ndarray, dims: tuple[int, ...], patch: Patch) -> np.ndarray:
     return vec.reshape(dims)[patch.window].ravel()
 
 
-def result(patch: Patch, A: np.ndarray, C: np.ndarray, b: np.ndarray, f: np.ndarray, sn: float) -> PatchResult:
+def result(patch: Patch, A: np.ndarray, C: np.ndarray, b: np.ndarray, f: np.ndarray,
+           sn: float) -> PatchResult:
+    """A hand-built map-step result (A: window pixels × K, b: window pixels × nb)."""
     n = int(np.prod(patch.shape))
     return PatchResult(patch=patch, A=sp.csc_matrix(A.reshape(n, -1), dtype=np.float32),
                        C=np.asarray(C, np.float32).reshape(-1, f.shape[1]), b=np.asarray(b, np.float32),
@@ -379,7 +382,7 @@ def test_combine_low_rank_background_reproduces_shared_background() -> None:
     model = b.astype(np.float64) @ f.astype(np.float64)
     truth = np.outer(b_true, f0)
     rel = np.linalg.norm(model - truth) / np.linalg.norm(truth)
-    assert rel < 1e-3, rel
+    assert rel < 1e-5, rel  # measured 4.7e-8
 
 
 def test_combine_full_background_keeps_every_patch_column_divided_by_cover() -> None:
@@ -494,7 +497,8 @@ def test_store_out_of_core_equals_movie_in_memory(sim, patch_params, engine_fits
     s = engine_fits["serial"]
     m = fit(np.asarray(sim.movie), patch_params, evaluate=False)
     assert m.K == s.K
-    np.testing.assert_allclose(m.A.toarray(), s.A.toarray(), rtol=1e-5, atol=1e-4 * float(np.abs(s.A.data).max()))
+    a_scale = float(np.abs(s.A.data).max())
+    np.testing.assert_allclose(m.A.toarray(), s.A.toarray(), rtol=1e-5, atol=1e-4 * a_scale)
     np.testing.assert_allclose(m.C, s.C, rtol=1e-5, atol=1e-5 * float(np.abs(s.C).max()))
 
 
@@ -513,7 +517,7 @@ def test_fit_without_evaluation_leaves_the_split_unset(engine_fits, fits) -> Non
 def test_nan_in_a_patch_names_the_patch_and_the_fix(tmp_path) -> None:
     rng = np.random.default_rng(0)
     Y = (5.0 + rng.standard_normal((40, 60, 60))).astype(np.float32)
-    Y[17, 40, 50] = np.nan  # in the last patch only
+    Y[17, 40, 50] = np.nan  # in two of the 16 patches (the first of them raises)
     store = write_store(tmp_path / "nan.zarr", Y)
     params = Params.from_neuron(4, fr=FR).replace(rf=(12, 12), K=2)
     patches = patch_grid((60, 60), params.patch.rf, params.patch.stride)
@@ -525,3 +529,21 @@ def test_nan_in_a_patch_names_the_patch_and_the_fix(tmp_path) -> None:
     assert "frame 17" in msg and "Fix" in msg
     described = [" × ".join(f"{s.start}:{s.stop}" for s in p.window) for p in bad]
     assert any(d in msg for d in described), msg
+
+
+def test_nan_only_in_the_skipped_border_is_harmless(tmp_path) -> None:
+    """The fix the NaN error suggests works: NaN confined to ``patch.border_pix`` is skipped."""
+    s = simulate.two_photon(dims=(48, 48), n_frames=300, n_cells=8, neuron_radius=4, seed=1, snr=2.0)
+    Y = np.array(s.movie)
+    Y[:, :, 0] = np.nan  # a motion-correction edge
+    store = write_store(tmp_path / "border.zarr", Y)
+    params = Params.from_neuron(4, fr=FR).replace(rf=(12, 12), K=4, border_pix=2)
+    with pytest.raises(ValueError, match="NaN"):
+        fit(store, params.replace(border_pix=0), evaluate=False)
+    est = fit(store, params)
+    assert est.K > 0 and est.idx_components is not None
+    for name in ("C", "YrA", "b", "f", "sn", "SNR_comp", "r_values"):
+        assert np.all(np.isfinite(getattr(est, name))), name
+    assert np.all(np.isfinite(est.A.data))
+    nan_px = np.flatnonzero(~np.isfinite(Y[0]).ravel())
+    assert est.A[nan_px].nnz == 0 and not est.b[nan_px].any()

@@ -263,8 +263,8 @@ def _owned(A: Any, patch: Patch) -> np.ndarray:
     shape = patch.shape
     coords = np.unravel_index(np.arange(A.shape[0]), shape)
     mass = np.asarray(A.sum(axis=0)).ravel()
+    keep = mass > 0  # an empty footprint has no centre: no patch keeps it
     mass[mass == 0] = 1.0
-    keep = np.ones(A.shape[1], bool)
     for axis, (win, own) in enumerate(zip(patch.window, patch.own)):
         centre = np.asarray(A.T @ coords[axis].astype(np.float64)).ravel() / mass + win.start
         keep &= (centre >= own.start) & (centre < own.stop)
