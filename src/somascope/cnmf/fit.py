@@ -1,6 +1,6 @@
-"""CNMF on one field of view: ``Y ≈ A·C + b·f + E`` (CaImAn paper, eq. 1).
+"""CNMF: ``Y ≈ A·C + b·f + E`` (CaImAn paper, eq. 1), whole or in patches, in memory or out of core.
 
-:func:`fit` runs the whole batch algorithm on a movie held in memory:
+:func:`fit` runs the batch algorithm:
 
 1. noise level ``sn`` of every pixel (power spectral density, ``deconvolution.noise_range``);
 2. initialisation: ``init.method`` (GreedyROI, RollingGreedyROI, sparse NMF, …; see
@@ -12,15 +12,19 @@
    second spatial and temporal update (as CaImAn does; :data:`MERGE_ROUNDS` such rounds);
 5. footprints scaled to unit L2 norm (traces carry the scale, as in CaImAn);
 6. quality evaluation (:func:`somascope.evaluation.evaluate_components`: trace SNR,
-   spatial consistency → accepted / rejected);
+   spatial consistency, eccentricity → accepted / rejected), unless ``evaluate=False``;
 7. with ``quality.refit``, :func:`refit`: the whole fit again, seeded with the accepted
    footprints, and evaluated again.
 
-Patches (``patch.rf``) arrive with the out-of-core pipeline; until then the field of view is
-processed whole. When ``patch.rf`` is set, ``init.K`` counts components *per patch*, so the
-whole field of view gets ``init.K`` times the number of patches the grid would have — the
-same number of candidates the patch pipeline would start from; merging and the quality
-tests remove the surplus (:func:`components_per_fov`).
+When ``patch.rf`` cuts the field of view into more than one patch, steps 1–2 run per patch
+(:mod:`somascope.cnmf.patches`: the map step, one engine task per patch, each reading its
+window from the Store) and are combined into one start on the full field of view; steps 3–4
+then read the Store by spatial blocks on the engine (:mod:`somascope.cnmf.blocked`), so the
+movie is never held in memory. Seeded fits (and :func:`refit`) of a Store are out of core too.
+Other sources (arrays, :class:`~somascope.io.Movie`) are read into memory. With ``patch.rf``
+set and a field of view that fits in one patch, ``init.K`` counts components per patch, so the
+field of view gets ``init.K`` times the fraction of a patch it covers
+(:func:`components_per_fov`).
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ def fit(
     ----------
     source
         The movie ``T × H × W`` (or ``T × Z × H × W``): ``numpy.ndarray``,
-        :class:`somascope.io.Movie` or :class:`somascope.store.Store`. It is read into memory
-        as float32 (the input is not modified).
+        :class:`somascope.io.Movie` or :class:`somascope.store.Store`. A Store processed in
+        patches (or seeded) stays on disk and is read by the engine's workers; anything else
+        is read into memory as float32. The input is never modified.
     params
         :class:`somascope.params.Params` (e.g. ``Params.from_neuron(radius_px, fr=...)``) or
         a dict :meth:`Params.from_dict` accepts; None: the defaults (5 px neurons, 30 Hz).
@@ -73,10 +78,14 @@ def fit(
         Masks of known cells (``K × *dims`` binary or real images, or ``pixels × K``): seeded
         initialisation instead of ``init.method``. ``init.method="seeded"`` requires them.
     engine
-        Optional :class:`somascope.parallel.Engine` for the deconvolution of large groups of
-        traces; None runs serially.
+        Optional :class:`somascope.parallel.Engine`: the patches, the blocked passes over a
+        Store and the deconvolution of large groups of traces run on it; None runs them
+        serially in this process.
     progress
         Show a progress bar over the steps.
+    evaluate
+        Run the quality tests (and ``quality.refit``); False returns the components
+        unevaluated (the pipeline evaluates in a stage of its own).
 
     Returns
     -------
