@@ -209,7 +209,7 @@ def test_blocked_pattern_statistics_equal_in_memory(small_movie, need_yy) -> Non
 
 
 def test_blocked_spatial_and_temporal_updates_equal_in_memory(small_movie) -> None:
-    Y, dims, T = small_movie["Y"], small_movie["dims"], small_movie["T"]
+    Y, dims = small_movie["Y"], small_movie["dims"]
     params = Params.from_neuron(2, fr=FR)
     rng = np.random.default_rng(5)
     A0 = sp.csc_matrix(small_movie["A"] * rng.uniform(0.8, 1.2, small_movie["A"].shape[1]))

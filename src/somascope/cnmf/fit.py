@@ -150,7 +150,7 @@ def pixel_noise(Y: np.ndarray, params: Any = None) -> np.ndarray:
 
     The average of each pixel's periodogram over ``deconvolution.noise_range`` (method
     ``deconvolution.noise_method``), computed along the time axis of the movie as stored
-    (:func:`somascope.deconvolution.estimate_noise_columns`).
+    (:func:`somascope.deconvolution.noise.estimate_noise_columns`).
     """
     from somascope.deconvolution.noise import estimate_noise_columns
 
@@ -191,7 +191,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
          allow_refit: bool, evaluate: bool = True, patches: bool = True) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
     in_patches = patches and seed_masks is None and _uses_patches(params, _check_shape(source, params))
-    steps = _Steps(progress, total=6 + (1 if (allow_refit and params.quality.refit) else 0))
+    steps = _Steps(progress, total=5 + int(evaluate) + int(evaluate and allow_refit and params.quality.refit))
     t_start = time.perf_counter()
     if in_patches:
         with steps.step("patches: noise + initialisation"):
