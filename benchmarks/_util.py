@@ -11,19 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-
-def tree_rss() -> int:
-    """Resident memory of this process and all its children, bytes."""
-    proc = psutil.Process()
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+from somascope.pipeline.resources import tree_rss  # noqa: F401 - re-exported for the benchmarks
 
 
 @contextmanager

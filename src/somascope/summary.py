@@ -671,10 +671,9 @@ def _resolve_chunk_frames(
             raise ValueError(f"chunk_frames must be an integer >= 1; got {chunk_frames!r}.")
         return int(chunk_frames)
     frame_bytes = 4 * int(np.prod(frame_shape, dtype=np.int64))
-    n = max(1, DEFAULT_CHUNK_BYTES // frame_bytes)
-    time_chunk = getattr(source, "time_chunk", None)
-    if isinstance(time_chunk, (int, np.integer)) and time_chunk > 0:
-        n = max(int(time_chunk), (n // int(time_chunk)) * int(time_chunk))
+    from .io.chunks import aligned_chunk_frames
+
+    n = aligned_chunk_frames(source, DEFAULT_CHUNK_BYTES // frame_bytes)
     return int(min(n, n_frames))
 
 

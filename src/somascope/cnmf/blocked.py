@@ -167,9 +167,11 @@ class BlockedMovie:
 # tasks (module level: they run on workers)
 
 
-def _frames_at_a_time(blk: tuple[slice, ...]) -> int:
+def _frames_at_a_time(store: Any, blk: tuple[slice, ...]) -> int:
+    from somascope.io.chunks import aligned_chunk_frames
+
     n = int(np.prod([s.stop - s.start for s in blk]))
-    return max(1, _CHUNK_ELEMENTS // max(n, 1))
+    return aligned_chunk_frames(store, _CHUNK_ELEMENTS // max(n, 1))
 
 
 def _read_block(store: Any, blk: tuple[slice, ...], t0: int, t1: int) -> np.ndarray:
@@ -188,7 +190,7 @@ def _project_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     T = int(store.shape[0])
     out_t = np.zeros((T, cols.size))
     kernel = _project_kernel()
-    step = _frames_at_a_time(blk)
+    step = _frames_at_a_time(store, blk)
     for t0 in range(0, T, step):
         t1 = min(T, t0 + step)
         kernel(rows, A_sub.indptr, A_sub.indices, A_sub.data, _read_block(store, blk, t0, t1),
@@ -207,7 +209,7 @@ def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np
     ysum = np.zeros(n)
     yy = np.zeros(n)
     kernel = _kernels()["products"]
-    step = _frames_at_a_time(blk)
+    step = _frames_at_a_time(store, blk)
     for t0 in range(0, T, step):
         t1 = min(T, t0 + step)
         kernel(indptr, comp, _read_block(store, blk, t0, t1), CfT[t0:t1], U, ysum, yy, need_yy)

@@ -747,11 +747,12 @@ def _scan(
     ``frames`` of the data at its footprint's pixels (in the order of ``A``'s indices)."""
     T = int(source.shape[0])
     P = model.n_pixels
-    step = max(1, _CHUNK_ELEMENTS // max(P, 1)) if chunk_frames is None else int(chunk_frames)
-    time_chunk = getattr(source, "time_chunk", None)
-    if chunk_frames is None and isinstance(time_chunk, (int, np.integer)) and time_chunk > 0:
-        # whole chunks of a Store: a chunk read twice would double the I/O
-        step = max(int(time_chunk), (step // int(time_chunk)) * int(time_chunk))
+    if chunk_frames is None:
+        from somascope.io.chunks import aligned_chunk_frames
+
+        step = aligned_chunk_frames(source, _CHUNK_ELEMENTS // max(P, 1))
+    else:
+        step = int(chunk_frames)
     if step < 1:
         raise ValueError(f"chunk_frames must be >= 1; got {chunk_frames!r}.")
     A = model.A

@@ -8,6 +8,17 @@ from typing import Any
 import numpy as np
 
 
+def aligned_chunk_frames(source: Any, frames: int) -> int:
+    """``frames`` rounded down to a whole number of ``source.time_chunk`` (at least one), for
+    sources that have one (a :class:`~somascope.store.Store`): a chunk read in two requests
+    would be read twice. Other sources get ``frames`` (at least 1)."""
+    frames = max(1, int(frames))
+    time_chunk = getattr(source, "time_chunk", None)
+    if isinstance(time_chunk, (int, np.integer)) and time_chunk > 0:
+        frames = max(int(time_chunk), (frames // int(time_chunk)) * int(time_chunk))
+    return frames
+
+
 def n_chunks(n_frames: int, chunk_frames: int) -> int:
     """Number of chunks of ``chunk_frames`` frames needed to cover ``n_frames`` frames."""
     return -(-int(n_frames) // int(chunk_frames))

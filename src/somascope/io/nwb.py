@@ -765,18 +765,15 @@ def _add_motion(pynwb: Any, module: Any, motion: dict[str, Any], dims: tuple[int
         "p0 + d in the frame; correcting samples the frame at p + d"
     )
     border = motion.get("border_pix")
-    module.add(pynwb.TimeSeries(
-        name=_SHIFTS,
-        data=_dataio(motion["shifts"]),
-        unit="pixels",
-        rate=rate,
-        starting_time=0.0,
-        description=(
-            f"rigid motion displacement of each frame, T x {len(axes)}, columns "
-            f"({', '.join(axes)}) in pixels along the array axes "
-            f"({'rows, columns' if len(dims) == 2 else 'planes, rows, columns'}); {convention}"
-            + (f"; border_pix={border}" if border is not None else "")
-        ),
+    def series(name: str, data: np.ndarray, unit: str, description: str) -> None:
+        module.add(pynwb.TimeSeries(name=name, data=_dataio(data), unit=unit, rate=rate,
+                                    starting_time=0.0, description=description))
+
+    series(_SHIFTS, motion["shifts"], "pixels", (
+        f"rigid motion displacement of each frame, T x {len(axes)}, columns "
+        f"({', '.join(axes)}) in pixels along the array axes "
+        f"({'rows, columns' if len(dims) == 2 else 'planes, rows, columns'}); {convention}"
+        + (f"; border_pix={border}" if border is not None else "")
     ))
     if "patch_shifts" in motion:
         patch = motion["patch_shifts"]
@@ -786,27 +783,14 @@ def _add_motion(pynwb: Any, module: Any, motion: dict[str, Any], dims: tuple[int
             grid_shape = [len(s) for s in grid["starts"]]
             grid_text = (f"; patch grid shape {grid_shape} (patch size {grid['patch_shape']} px, "
                          f"first pixels per axis {grid['starts']})")
-        module.add(pynwb.TimeSeries(
-            name=_PATCH_SHIFTS,
-            data=_dataio(patch),
-            unit="pixels",
-            rate=rate,
-            starting_time=0.0,
-            description=(
-                f"piecewise-rigid displacement of each patch, T x n_patches x {len(axes)} "
-                f"(n_patches = {patch.shape[1]}), patches in C (row-major) order of the patch "
-                f"grid, last axis ({', '.join(axes)}) in pixels{grid_text}; {convention}"
-            ),
+        series(_PATCH_SHIFTS, patch, "pixels", (
+            f"piecewise-rigid displacement of each patch, T x n_patches x {len(axes)} "
+            f"(n_patches = {patch.shape[1]}), patches in C (row-major) order of the patch "
+            f"grid, last axis ({', '.join(axes)}) in pixels{grid_text}; {convention}"
         ))
     if "frame_corr" in motion:
-        module.add(pynwb.TimeSeries(
-            name=_FRAME_CORR,
-            data=_dataio(motion["frame_corr"]),
-            unit="1",
-            rate=rate,
-            starting_time=0.0,
-            description="Pearson correlation of each motion-corrected frame with the template",
-        ))
+        series(_FRAME_CORR, motion["frame_corr"], "1",
+               "Pearson correlation of each motion-corrected frame with the template")
     motion_images = {k: motion[k] for k in _MOTION_IMAGE_FIELDS if k in motion}
     if motion_images:
         _add_images(pynwb, module, _MOTION_IMAGES, motion_images, dims,

@@ -141,13 +141,6 @@ def _params_source(params: Any) -> tuple[Any, dict[str, Any] | None, str]:
                         f"{type(params).__name__}.")
 
 
-def _given_keys(d: Mapping[str, Any]) -> set[str]:
-    """Dotted names of the parameters a dict sets (:meth:`Params.given_keys`)."""
-    from ..params import Params
-
-    return Params.given_keys(d)
-
-
 def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: Any = None,
                  decay_time: float | None = None, overrides: Mapping[str, Any] | None = None,
                  ) -> tuple[Any, str, str, list[str]]:
@@ -163,11 +156,11 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
     from ..params import Params
 
     obj, d, label = _params_source(params)
-    given = set() if d is None else _given_keys(d)
+    given = set() if d is None else Params.given_keys(d)
     if obj is not None:
         given = {"data.fr", "data.neuron_radius", "data.decay_time"}
     over = dict(overrides or {})
-    given_over = _given_keys(over) if over else set()
+    given_over = Params.given_keys(over) if over else set()
     movie_fr = getattr(movie, "frame_rate", None)
 
     if fr is not None:
