@@ -351,7 +351,8 @@ def test_fit_finds_the_cells(tiny: simulate.Simulation, fitted: Estimates) -> No
     np.testing.assert_allclose(sp.linalg.norm(est.A, axis=0), 1.0, rtol=1e-5)
     for name in ("C", "S", "YrA"):
         assert getattr(est, name).shape == (K, T)
-    assert est.b.shape == (900, 1) and est.f.shape == (1, T) and est.sn.shape == (900,)
+    nb = est.params["init"]["nb"]
+    assert est.b.shape == (900, nb) and est.f.shape == (nb, T) and est.sn.shape == (900,)
     assert est.g.shape == (K, 1) and est.SNR_comp.shape == (K,) and est.r_values.shape == (K,)
     assert est.params["init"]["method"] == "rolling_greedy_roi"
     assert est.provenance["stage"] == "cnmf"

@@ -143,7 +143,7 @@ def test_initialize_recovers_cells_and_a_model_of_the_movie(sim: simulate.Simula
     assert trace_correlation(sim.C, init.C, m).min() > 0.75
     assert init.method == method and init.dims == DIMS
     assert init.A.shape == (900, 4) and init.C.shape == (4, 300)
-    assert init.b.shape == (900, 1) and init.f.shape == (1, 300)
+    assert init.b.shape == (900, p.init.nb) and init.f.shape == (p.init.nb, 300)
     assert init.A.dtype == np.float32 and init.C.dtype == np.float32
     assert init.A.min() >= 0 and init.C.min() >= 0 and init.b.min() >= 0 and init.f.min() >= 0
     # the model leaves about the noise: mean square residual within 25 % of noise variance

@@ -20,11 +20,13 @@ from somascope import simulate
 from somascope.cnmf.estimates import Estimates
 from somascope.evaluation import (
     activity_frames,
+    area_ratio,
     binary_masks,
     eccentricity,
     evaluate_components,
     event_exceptionality,
     find_duplicates,
+    footprint_masks,
     remove_duplicates,
     residual_traces,
     select_components,
@@ -332,6 +334,10 @@ def test_snr_input_errors() -> None:
 # ----------------------------------------------------------------------------- residuals & r-values
 
 
+#: Radius of the tiny movie's cells: Gaussians of σ 2.5 px are 4.5 px wide at 0.2 of their peak.
+TINY_RADIUS = 4.5
+
+
 def make_tiny(synchronous: bool = False) -> dict:
     """4 neurons (cells 2 and 3 overlap) in 30×30×300 on a background ramp, known noise.
     ``synchronous``: cells 2 and 3 fire together (identical traces)."""
@@ -396,9 +402,16 @@ def test_rvalues_of_true_and_wrong_footprints(tiny: dict) -> None:
 def test_rvalue_removes_background_and_other_components(tiny: dict) -> None:
     A, C, b, f, movie = tiny["A"], tiny["C"], tiny["b"], tiny["f"], tiny["movie"]
     removed = spatial_consistency(movie, A, C, b, f)
-    kept_background = spatial_consistency(movie, A, C)  # the ramp stays in the averaged data
     assert np.all(removed > 0.9)
-    assert np.all(kept_background < removed - 0.1)
+    # the activity image is a change from the temporal mean: a static structure the model
+    # leaves on a footprint (here the whole background ramp, 2–10× a cell's events) cancels
+    missed_background = spatial_consistency(movie, A, C)
+    assert np.all(missed_background > 0.9)
+    # ... while a second cell firing in the same frames, left out of the model, stays in it
+    grid = np.indices(tiny["dims"], dtype=float)
+    twin = np.exp(-((grid - np.array([8.0, 13.0])[:, None, None]) ** 2).sum(0) / (2 * 2.5**2)).ravel()
+    with_twin = movie + (twin[:, None] * C[0][None]).T.reshape(movie.shape).astype(np.float32)
+    assert spatial_consistency(with_twin, A, C, b, f)[0] < removed[0] - 0.1
     # cells 2 and 3 overlap and fire together: their frames cannot be told apart, so only
     # subtracting the neighbour's activity leaves each cell's own image
     sync = make_tiny(synchronous=True)
@@ -414,7 +427,7 @@ def test_flat_traces_are_judged_on_snr_and_empty_footprints_rejected(tiny: dict)
     C2[2] = 0.0  # the fit lost cell 2's trace, but the data on its footprint still show it
     A2 = sp.hstack([A, sp.csc_matrix((900, 1))]).tocsc()  # and a component with no pixels
     ev = evaluate_components(Estimates(A=A2, C=C2, b=b, f=f, dims=dims), movie,
-                             Params.from_neuron(2.5, fr=FR, decay_time=DECAY))
+                             Params.from_neuron(TINY_RADIUS, fr=FR, decay_time=DECAY))
     assert np.isnan(ev.r_values[2]) and ev.SNR_comp[2] > 2.5
     assert ev.idx_components.tolist() == [0, 1, 2, 3]
     assert ev.idx_components_bad.tolist() == [4]
@@ -428,7 +441,7 @@ def test_an_out_of_core_store_gives_the_in_memory_result(tiny: dict, tmp_path) -
     store.write(0, movie)
     store = store.finalize()
     est = Estimates(A=tiny["A"], C=tiny["C"], b=tiny["b"], f=tiny["f"], dims=tiny["dims"])
-    params = Params.from_neuron(2.5, fr=FR, decay_time=DECAY)
+    params = Params.from_neuron(TINY_RADIUS, fr=FR, decay_time=DECAY)
     on_disk = evaluate_components(est, store, params, chunk_frames=70)
     in_memory = evaluate_components(est, movie, params)
     np.testing.assert_allclose(on_disk.SNR_comp, in_memory.SNR_comp, rtol=1e-5)
@@ -477,9 +490,38 @@ def test_eccentricity_of_known_shapes() -> None:
         eccentricity(ball, (10, 30, 30), spacing=(1.0, 1.0))
 
 
+def test_area_ratio_of_discs_and_their_largest_piece() -> None:
+    dims = (60, 60)
+    one = disc(dims, (20, 20), 6)
+    two = one + 0.5 * disc(dims, (45, 45), 3)  # a weaker second piece: not part of the mask
+    faint = one + 0.1 * disc(dims, (30, 30), 25)  # tails below 0.2 of the peak: not either
+    A = np.stack([one.ravel(), two.ravel(), faint.ravel(), np.zeros(3600)], axis=1)
+    masks = footprint_masks(A, dims)
+    ratio = area_ratio(masks, dims, (6, 6))
+    assert ratio[:3] == pytest.approx(one.sum() / (np.pi * 36), rel=1e-9)
+    assert ratio[0] == pytest.approx(1.0, abs=0.05) and ratio[3] == 0
+    assert area_ratio(masks, dims, (3, 3))[0] == pytest.approx(4 * ratio[0])
+
+
+def test_area_test_rejects_large_active_neuropil(tiny: dict) -> None:
+    A, C, b, f, movie, dims = tiny["A"], tiny["C"], tiny["b"], tiny["f"], tiny["movie"], tiny["dims"]
+    grid = np.indices(dims, dtype=float)
+    blob = np.exp(-((grid - 15.0) ** 2).sum(0) / (2 * 7.0**2)).ravel()  # out-of-focus neuropil
+    rng = np.random.default_rng(8)
+    c_blob = ar1_calcium((rng.random(movie.shape[0]) < 0.03) * 6.0, 20.0)
+    with_blob = movie + (blob[:, None] * c_blob[None]).T.reshape(movie.shape).astype(np.float32)
+    est = Estimates(A=sp.hstack([A, sp.csc_matrix(blob[:, None])]).tocsc(), C=np.vstack([C, c_blob]),
+                    b=b, f=f, dims=dims)
+    params = Params.from_neuron(TINY_RADIUS, fr=FR, decay_time=DECAY)
+    ev = evaluate_components(est, with_blob, params)
+    assert ev.idx_components.tolist() == [0, 1, 2, 3]
+    off = evaluate_components(est, with_blob, params.replace(use_area=False))
+    assert 4 in off.idx_components  # a real signal, which only its size shows not to be a soma
+
+
 def test_select_components_truth_table() -> None:
     q = QualityParams(min_SNR=2.5, SNR_lowest=0.5, rval_thr=0.8, rval_lowest=-0.2, min_cnn_thr=0.9, cnn_lowest=0.1,
-                      use_ecc=False)
+                      use_ecc=False, use_area=False)
     snr = np.array([3.0, 1.0, 1.0, 0.4, 3.0, 1.0, np.nan, 3.0, 3.0])
     r = np.array([0.0, 0.9, 0.5, 0.95, -0.5, np.nan, 0.9, 0.0, 0.0])
     good, bad = select_components(snr, r, quality=q)
@@ -496,6 +538,11 @@ def test_select_components_truth_table() -> None:
     assert 0 in select_components(snr, r, quality=q, valid=valid)[1]
     with pytest.raises(ValueError, match="ecc"):
         select_components(snr, r, quality=q_ecc)
+    area = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 2.5])
+    q_area = dataclasses.replace(q, use_area=True, max_area_ratio=2.5)
+    assert select_components(snr, r, quality=q_area, area=area)[0].tolist() == [0, 1, 6, 8]
+    with pytest.raises(ValueError, match="area"):
+        select_components(snr, r, quality=q_area)
     with pytest.raises(ValueError, match="r_values"):
         select_components(snr, r[:3], quality=q)
 
@@ -503,7 +550,7 @@ def test_select_components_truth_table() -> None:
 def test_evaluate_components_input_errors(tiny: dict) -> None:
     A, C, b, f, movie, dims = tiny["A"], tiny["C"], tiny["b"], tiny["f"], tiny["movie"], tiny["dims"]
     est = Estimates(A=A, C=C, b=b, f=f, dims=dims)
-    params = Params.from_neuron(2.5, fr=FR, decay_time=DECAY)
+    params = Params.from_neuron(TINY_RADIUS, fr=FR, decay_time=DECAY)
     with pytest.raises(ValueError, match="no traces C"):
         evaluate_components(Estimates(A=A, dims=dims), movie, params)
     with pytest.raises(ValueError, match="dims"):

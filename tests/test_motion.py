@@ -180,7 +180,7 @@ def test_pw_rigid_beats_rigid_on_nonrigid_motion():
                               nonrigid_amplitude=2.0, snr=3.0, seed=13)
     kw = dict(progress=False, max_shifts=(6, 6), strides=(24, 24), overlaps=(12, 12), max_deviation_rigid=3,
               chunk_frames=100)
-    rigid = motion.correct(sim.movie, **kw)
+    rigid = motion.correct(sim.movie, pw_rigid=False, **kw)
     pw = motion.correct(sim.movie, pw_rigid=True, **kw)
     inner = (slice(10, -10), slice(10, -10))
 
@@ -316,3 +316,64 @@ def test_import_stays_light():
             "print(sorted(m for m in ('numba', 'dask', 'distributed', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- pw_rigid="auto" -------------------------------------------------------------------
+AUTO_KW = dict(progress=False, max_shifts=(6, 6), strides=(24, 24), overlaps=(12, 12), max_deviation_rigid=3,
+               chunk_frames=100)
+
+
+@pytest.fixture(scope="module")
+def nonrigid_sim():
+    return simulate.two_photon((96, 96), 200, n_cells=40, motion="nonrigid", max_shift=3.0,
+                               nonrigid_amplitude=2.5, snr=3.0, seed=13)
+
+
+def test_auto_picks_pw_rigid_on_nonrigid_motion_and_matches_explicit_true(nonrigid_sim):
+    auto = motion.correct(nonrigid_sim.movie, **AUTO_KW)  # default pw_rigid="auto"
+    model = auto.metrics["motion_model"]
+    assert auto.pw_rigid and model["pw_rigid"] is True and model["requested"] == "auto"
+    assert model["residual_px"] > model["threshold_px"] == motion.PW_RIGID_AUTO_THRESHOLD_PX
+    assert auto.params["pw_rigid"] is True  # the result carries what ran
+    explicit = motion.correct(nonrigid_sim.movie, pw_rigid=True, **AUTO_KW)
+    np.testing.assert_allclose(auto.patch_shifts, explicit.patch_shifts, atol=1e-5)
+    np.testing.assert_allclose(auto.template, explicit.template, atol=1e-4)
+
+
+def test_auto_picks_rigid_on_rigid_motion():
+    sim = simulate.two_photon((96, 96), 200, n_cells=40, motion="rigid", max_shift=3.0, snr=0.5, seed=13)
+    res = motion.correct(sim.movie, **AUTO_KW)
+    model = res.metrics["motion_model"]
+    assert not res.pw_rigid and model["pw_rigid"] is False and res.params["pw_rigid"] is False
+    assert model["residual_px"] < model["threshold_px"]
+    assert "rigid" in model["reason"] and f"{model['residual_px']:.2f} px" in model["reason"]
+
+
+def test_explicit_pw_rigid_is_honoured_without_measuring(nonrigid_sim, tmp_path):
+    forced = motion.correct(nonrigid_sim.movie, pw_rigid=False, **AUTO_KW)
+    assert not forced.pw_rigid
+    assert forced.metrics["motion_model"]["requested"] is False
+    assert forced.metrics["motion_model"]["residual_px"] is None
+    from somascope.params import Params
+
+    via_dict = motion.correct(nonrigid_sim.movie[:100], Params.from_dict({"pw_rigid": "false"}), progress=False,
+                              strides=(24, 24), overlaps=(12, 12))
+    assert not via_dict.pw_rigid
+    saved = motion.MotionResult.load(forced.save(tmp_path / "mc"))
+    assert saved.metrics["motion_model"]["requested"] is False
+
+
+def test_auto_falls_back_to_rigid_when_frames_are_smaller_than_a_patch():
+    movie = np.random.default_rng(0).random((30, 40, 40), dtype=np.float32)
+    res = motion.correct(movie, progress=False, max_shifts=(3, 3))  # default patches: 72 px > 40 px
+    assert not res.pw_rigid and "smaller than one patch" in res.metrics["motion_model"]["reason"]
+    with pytest.raises(ParameterError):
+        motion.correct(movie, progress=False, max_shifts=(3, 3), pw_rigid=True)
+
+
+def test_nonrigid_residual_ignores_a_constant_template_deformation():
+    rng = np.random.default_rng(0)
+    constant = np.broadcast_to(rng.normal(0, 2, (1, 9, 2)), (50, 9, 2))
+    assert motion.nonrigid_residual(constant) == 0.0
+    moving = constant + rng.normal(0, 1.0, (50, 9, 2))  # every patch moves
+    assert motion.nonrigid_residual(moving) > 1.0

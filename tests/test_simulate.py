@@ -362,3 +362,99 @@ def test_import_is_light():
             "print(sorted(m for m in ('dask', 'distributed', 'numba', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---- the hard two-photon family (preset="hard") ------------------------------------------------
+
+HARD = dict(dims=(128, 128), n_frames=600, frame_rate=15.0, decay_time=0.8, neuron_radius=6.0, preset="hard")
+
+
+@pytest.fixture(scope="module")
+def hard():
+    return two_photon(**HARD, motion="rigid", seed=3)
+
+
+def test_hard_density_scales_with_radius_and_kinds():
+    from somascope.simulate import _fields
+    from somascope.simulate.hard import SETTINGS, hard_footprints
+
+    for radius in (6.0, 9.0):
+        fp, radii = hard_footprints(_fields.rng_for(1, _fields.FOOTPRINTS), (128, 128), radius)
+        n_soma = int(np.sum(fp.kind == "soma"))
+        assert n_soma / 128**2 == pytest.approx(SETTINGS.density * (6.0 / radius) ** 2, rel=0.03)
+        assert np.mean(fp.kind == "process") == pytest.approx(SETTINGS.nonsoma_fraction, abs=0.03)
+        assert 0.3 < np.mean(fp.ring[fp.kind == "soma"]) < 0.7  # half donuts, half filled
+        assert np.allclose(fp.A.max(axis=0).toarray(), 1.0)
+        assert 0.1 < np.std(radii[fp.kind == "soma"]) / radius < 0.2
+
+
+def test_hard_silent_fraction_snr_band_and_photon_counts(hard):
+    from somascope.metrics import peak_snr
+
+    soma = hard.kind == "soma"
+    assert np.sum(soma & ~hard.active) == round(0.2 * soma.sum())
+    assert hard.active[~soma].all() and not hard.C[~hard.active].any()
+    snr = hard.extra["snr"]
+    assert np.allclose(snr, peak_snr(hard.A, hard.C, hard.still_mean, hard.read_noise))
+    target = snr[soma & hard.active]
+    assert 0.1 < np.mean(target < 6) < 0.6  # about a third of the active somata are dim
+    assert 4 < np.median(target) < 20
+    movie = np.asarray(hard.movie)
+    assert 7 < np.median(hard.still_mean) < 12  # ~8 photons of background plus cells and neuropil
+    assert abs(movie.mean() - hard.still_mean.mean()) < 0.05 * hard.still_mean.mean()
+    assert 0.5 < np.median(hard.shifts.std(axis=0)) < 1.0
+    assert hard.bleach[-1] == pytest.approx(0.85)
+
+
+def test_hard_preset_leaves_easy_unchanged():
+    easy = two_photon(**SMALL, seed=2)
+    assert np.array_equal(two_photon(**SMALL, seed=2, preset="easy").movie, easy.movie)
+    with pytest.raises(ValueError, match="preset must be"):
+        two_photon(**SMALL, preset="medium")
+
+
+def test_peak_snr_by_hand():
+    from somascope.metrics import peak_snr
+
+    A = sparse.csc_matrix(np.array([[1.0], [0.5], [0.0]]))  # 3 pixels, one component
+    C = np.array([[2.0, 4.0]])
+    mean = np.array([10.0, 6.0, 100.0])
+    expected = 4.0 * (1 + 0.125) / np.sqrt(1.0 * (10 + 0.25) + 0.25 * (6 + 0.25))  # ΔF·Σa³/Σa² over √(Σa²v)/Σa²
+    assert peak_snr(A, C, mean, 0.5)[0] == pytest.approx(expected)
+    assert peak_snr(A, C, mean, 0.5, bleach=np.array([1.0, 0.25]))[0] == pytest.approx(expected / 2)
+    images = A.toarray().T.reshape(1, 1, 3)
+    assert peak_snr(images, C, mean.reshape(1, 3), 0.5)[0] == pytest.approx(expected)
+    assert peak_snr(A, np.zeros((1, 2)), mean, 0.5)[0] == 0.0
+
+
+def test_ground_truth_folder_round_trip(tmp_path):
+    from somascope.io import open_movie
+    from somascope.simulate.groundtruth import to_adu
+
+    sim = two_photon(dims=(48, 48), n_frames=30, frame_rate=15.0, neuron_radius=5.0, motion="nonrigid", seed=1,
+                     preset="hard")
+    folder = simulate.write_ground_truth_folder(sim, tmp_path / "m", chunk_frames=7)
+    movie = open_movie(folder / "movie.tif")
+    frames = np.asarray(movie[0:30])
+    assert frames.shape == (30, 48, 48) and frames.dtype == np.uint16
+    assert np.array_equal(frames, to_adu(sim.movie, 1.0, 20.0, 50.0))
+    gt = np.load(folder / "gt.npz", allow_pickle=True)
+    for key in ("A", "C", "S", "is_soma", "is_active", "kind", "snr", "centers", "radius", "tau", "g", "shifts",
+                "mean_clean", "b0", "bleach", "params", "fs"):
+        assert key in gt.files, key
+    N = sim.n_cells
+    assert gt["A"].shape == (N, 48, 48) and np.allclose(gt["A"].max(axis=(1, 2)), 1.0)
+    assert np.allclose(gt["C"] * gt["bleach"], sim.C, rtol=1e-4, atol=1e-4)
+    assert set(gt["kind"]) <= {"donut", "gauss", "dendrite"}
+    assert np.allclose(gt["mean_clean"], 20 * sim.still_mean + 50, rtol=1e-5)
+    assert abs(gt["mean_raw"].mean() - frames.mean()) < 1e-3 * frames.mean()
+    assert '"preset": "hard"' in str(gt["params"]) and float(gt["fs"]) == 15.0
+
+
+def test_cli_simulate_hard_writes_dev_sim_layout(tmp_path):
+    from somascope.cli import main
+
+    assert main(["simulate", str(tmp_path / "h"), "--preset", "hard", "--seed", "4", "--radius", "7", "--fr", "10",
+                 "--decay-time", "1.5", "--motion", "rigid", "--frames", "20", "--dims", "40", "40", "-q"]) == 0
+    gt = np.load(tmp_path / "h" / "gt.npz", allow_pickle=True)
+    assert gt["C"].shape[1] == 20 and float(gt["fs"]) == 10.0 and (tmp_path / "h" / "movie.tif").exists()

@@ -105,6 +105,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.preset == "hard":
+        if args.kind != "2p":
+            raise SystemExit("--preset hard is a two-photon family; use --kind 2p.")
+        hard: dict[str, Any] = {"n_frames": args.frames, "frame_rate": args.fr, "seed": args.seed,
+                                "motion": "rigid" if args.motion is None else args.motion, "progress": not args.quiet}
+        if args.dims:
+            hard["dims"] = tuple(args.dims)
+        if args.radius is not None:
+            hard["neuron_radius"] = args.radius
+        if args.decay_time is not None:
+            hard["decay_time"] = args.decay_time
+        sim = simulate.two_photon(**hard, preset="hard")
+        simulate.write_ground_truth_folder(sim, out)
+        print(simulate.describe(sim))
+        print(f"wrote {out / 'movie.tif'}, {out / 'gt.npz'}")
+        return 0
+    if args.motion is None:
+        args.motion = "none"
     kind = {"2p": simulate.two_photon, "1p": simulate.one_photon, "volume": simulate.volumetric}[args.kind]
     spec: dict[str, Any] = {"n_frames": args.frames, "frame_rate": args.fr, "seed": args.seed,
                             "motion": None if args.motion == "none" else args.motion, "progress": not args.quiet}
@@ -179,8 +197,8 @@ def cmd_motion_correct(args: argparse.Namespace) -> int:
     movie = _open(args)
     params = Params.load(args.params) if args.params else Params()
     overrides: dict[str, Any] = {}
-    if args.pw_rigid:
-        overrides["pw_rigid"] = True
+    if args.pw_rigid is not None:
+        overrides["pw_rigid"] = args.pw_rigid
     if args.max_shifts:
         overrides["max_shifts"] = tuple(args.max_shifts)
     if args.gsig_filt:
@@ -241,6 +259,20 @@ def _parse_set(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _add_pw_rigid_arg(p: argparse.ArgumentParser, const: str | None = None) -> None:
+    p.add_argument("--pw-rigid", choices=["auto", "true", "false"], type=str.lower, nargs="?" if const else None,
+                   const=const, default=None,
+                   help="motion model: auto (default: piecewise-rigid when the data show non-rigid motion), true "
+                        "(piecewise-rigid) or false (rigid)" + ("; --pw-rigid alone means true" if const else ""))
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = _parse_set(args.set)
+    if args.pw_rigid is not None:
+        overrides["motion.pw_rigid"] = args.pw_rigid
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
@@ -251,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         radius = args.radius[0] if len(args.radius) == 1 else tuple(args.radius)
     result = run(
         movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
-        radius=radius, decay_time=args.decay_time, overrides=_parse_set(args.set), motion=not args.no_motion,
+        radius=radius, decay_time=args.decay_time, overrides=_run_overrides(args), motion=not args.no_motion,
         force=args.force, from_stage=args.from_stage, nwb=args.nwb, progress=not args.quiet, debug=args.debug,
     )
     est = result.estimates
@@ -293,10 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--cells", type=int, default=None, help="number of cells (default scales with area)")
     p.add_argument("--fr", type=float, default=30.0, help="frame rate, Hz")
-    p.add_argument("--motion", choices=["none", "rigid", "nonrigid"], default="none")
+    p.add_argument("--motion", choices=["none", "rigid", "nonrigid"], default=None,
+                   help="default: none (hard preset: rigid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["tif", "zarr", "h5"], default="tif",
                    help="movie file format (zarr is written out-of-core, for movies larger than memory)")
+    p.add_argument("--preset", choices=["easy", "hard"], default="easy",
+                   help="hard: the dense, dim two-photon family, written in the dev_sim layout (movie.tif + gt.npz)")
+    p.add_argument("--radius", type=float, default=None, help="hard preset: neuron radius, px")
+    p.add_argument("--decay-time", type=float, default=None, help="hard preset: typical decay time, s")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("summary", help="summary images: mean, max, std, correlation, max-correlation, PNR")
@@ -314,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_movie_args(p)
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: corrected.zarr, shifts.csv/.npy, template.npy, metrics.json, figures")
-    p.add_argument("--pw-rigid", action="store_true", help="piecewise-rigid correction (non-rigid motion)")
+    _add_pw_rigid_arg(p, const="true")
     p.add_argument("--params", type=Path, help="parameter file (.json/.yaml; CaImAn/Mesmerize keys accepted)")
     p.add_argument("--max-shifts", type=int, nargs="+", help="largest shift per axis, px")
     p.add_argument("--gsig-filt", type=float, nargs="+",
@@ -337,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set quality.min_SNR=3 (repeatable)")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction (the movie is already registered)")
+    _add_pw_rigid_arg(p)
     p.add_argument("--scheduler", default="local",
                    help="'local' (Dask cluster on this machine, default), 'serial', or a scheduler address")
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")

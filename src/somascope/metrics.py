@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Match", "match_footprints", "trace_correlation"]
+__all__ = ["Match", "match_footprints", "peak_snr", "trace_correlation"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def match_footprints(
     binarise_frac: float = 0.25,
     max_distance: float = 0.7,
     max_centroid_distance: float | None = 10.0,
+    largest_piece: bool = False,
 ) -> Match:
     """Match estimated footprints to reference footprints (see the module docstring).
 
@@ -122,6 +123,9 @@ def match_footprints(
         Pairs with Jaccard distance ``>= max_distance`` never match; in ``(0, 1]``.
     max_centroid_distance
         Pairs whose mask centroids are farther apart (pixels) never match; None: no limit.
+    largest_piece
+        Keep only the largest connected piece of each binary mask (as CaImAn does, and as the
+        ``dev_sim`` ground truth is scored: ``binarise_frac=0.2, largest_piece=True``).
 
     Returns
     -------
@@ -145,8 +149,8 @@ def match_footprints(
     if n_ref == 0 or n_est == 0:
         return Match(empty, empty.copy(), np.zeros(0), n_ref, n_est)
 
-    bin_ref = _binarise(ref, binarise_frac)
-    bin_est = _binarise(est, binarise_frac)
+    bin_ref = _binarise(ref, binarise_frac, dims_ref if largest_piece else None)
+    bin_est = _binarise(est, binarise_frac, dims_est if largest_piece else None)
     size_ref = np.asarray(bin_ref.sum(axis=0)).ravel()
     size_est = np.asarray(bin_est.sum(axis=0)).ravel()
 
@@ -204,9 +208,76 @@ def trace_correlation(C_ref: np.ndarray, C_est: np.ndarray, match: Match) -> np.
     return np.clip(corr, -1.0, 1.0)
 
 
+def binarise_footprints(A: Any, dims: Sequence[int] | None = None, frac: float = 0.2, *,
+                        largest_piece: bool = False) -> sp.csc_matrix:
+    """Binary masks of footprints, as the matching sees them.
+
+    ``A`` is ``pixels × K`` (pixels in C order of ``dims``; ``dims`` is needed only with
+    ``largest_piece``); a mask keeps the pixels ``> 0`` and ``>= frac`` × the footprint's
+    maximum, and with ``largest_piece`` only their largest connected piece (full
+    connectivity). Returns a ``pixels × K`` CSC float64 matrix of ones.
+    """
+    if not 0.0 <= float(frac) <= 1.0:
+        raise ValueError(f"frac is a fraction of each footprint's maximum and must lie in [0, 1]; got {frac!r}.")
+    if largest_piece and dims is None:
+        raise ValueError("largest_piece=True needs dims=(H, W) (or (Z, H, W)) to find connected pieces.")
+    M = sp.csc_matrix(A, dtype=np.float64)
+    shape = None if dims is None else tuple(int(d) for d in dims)
+    if shape is not None and M.shape[0] != int(np.prod(shape)):
+        raise ValueError(f"A has {M.shape[0]} rows but dims={shape} has {int(np.prod(shape))} pixels.")
+    return _binarise(M, frac, shape if largest_piece else None)
+
+
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
+
+
+def peak_snr(
+    A: Any,
+    C: np.ndarray,
+    mean_photons: np.ndarray,
+    read_noise: float,
+    bleach: np.ndarray | None = None,
+) -> np.ndarray:
+    """Peak SNR of each true component (the ``snr`` of the ``dev_sim`` ground truth), ``(K,)``
+    float64.
+
+    The component's footprint-weighted trace rises at most by
+    ``ΔF = max_t C[k, t]·bleach[t] · Σa³ / Σa²``; the standard deviation of that trace's shot
+    and read noise is ``√(Σ a²·(mean_photons + read_noise²)) / Σa²``; the SNR is their ratio.
+    ``a`` is column k of ``A`` as it scales ``C`` (by convention peak 1, so ``C`` is ΔF at the
+    brightest pixel; it is not rescaled here, so a cell cut by the border keeps its true
+    signal ``a·C``). Components with no footprint or no activity get 0.
+
+    A : footprints, ``pixels × K`` (sparse or dense, C-order pixels) or ``(K, H, W)`` images.
+    C : ``K × T`` calcium, ΔF in photons at the footprint's peak (before ``bleach``).
+    mean_photons : mean image in photons (``(H, W)`` or ``(pixels,)``), noise- and motion-free.
+    read_noise : standard deviation of the Gaussian read noise, photons.
+    bleach : ``(T,)`` fraction of fluorescence left at each frame, or None (no bleaching).
+    """
+    A_arr = A
+    if not sp.issparse(A_arr) and np.ndim(A_arr) == 3:
+        A_arr = np.asarray(A_arr).reshape(np.shape(A_arr)[0], -1).T
+    A_csc = sp.csc_matrix(A_arr, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    if C.shape[0] != A_csc.shape[1]:
+        raise ValueError(f"C has {C.shape[0]} rows but A has {A_csc.shape[1]} components; pass C as K × T.")
+    variance = np.asarray(mean_photons, dtype=np.float64).ravel() + float(read_noise) ** 2
+    if variance.size != A_csc.shape[0]:
+        raise ValueError(f"mean_photons has {variance.size} pixels but A has {A_csc.shape[0]} rows.")
+    if bleach is not None:
+        C = C * np.asarray(bleach, dtype=np.float64)[None, :]
+    sq = A_csc.multiply(A_csc).tocsc()
+    sum2 = np.asarray(sq.sum(axis=0)).ravel()
+    sum3 = np.asarray(sq.multiply(A_csc).sum(axis=0)).ravel()
+    noise_var = np.asarray(sq.T @ np.maximum(variance, 0.0)).ravel()
+    peak = C.max(axis=1, initial=0.0) if C.size else np.zeros(C.shape[0])
+    ok = (sum2 > 0) & (noise_var > 0)
+    out = np.zeros(A_csc.shape[1])
+    # (peak · Σa³/Σa²) / (√(Σa²v) / Σa²) = peak · Σa³ / √(Σa²v)
+    out[ok] = np.maximum(peak[ok], 0.0) * sum3[ok] / np.sqrt(noise_var[ok])
+    return out
 
 
 def _as_footprint_matrix(A: Any, dims: Sequence[int] | None, name: str) -> tuple[sp.csc_matrix, tuple[int, ...]]:
@@ -253,15 +324,45 @@ def _as_footprint_matrix(A: Any, dims: Sequence[int] | None, name: str) -> tuple
     return matrix, given  # type: ignore[return-value]
 
 
-def _binarise(A: sp.csc_matrix, frac: float) -> sp.csc_matrix:
-    """Binary ``pixels × K`` masks: entries > 0 and >= ``frac`` × their column's maximum."""
+def _binarise(A: sp.csc_matrix, frac: float, dims: tuple[int, ...] | None = None) -> sp.csc_matrix:
+    """Binary ``pixels × K`` masks: entries > 0 and >= ``frac`` × their column's maximum;
+    with ``dims``, only the largest connected piece (full connectivity) of each mask."""
     coo = A.tocoo()
     col_max = np.zeros(A.shape[1])
     np.maximum.at(col_max, coo.col, coo.data)
     keep = (coo.data > 0) & (coo.data >= frac * col_max[coo.col])
-    return sp.csc_matrix(
+    B = sp.csc_matrix(
         (np.ones(int(keep.sum())), (coo.row[keep], coo.col[keep])), shape=A.shape, dtype=np.float64
     )
+    return B if dims is None else _largest_pieces(B, dims)
+
+
+def _largest_pieces(B: sp.csc_matrix, dims: tuple[int, ...]) -> sp.csc_matrix:
+    """Each binary column of ``B`` reduced to its largest connected piece (labelled inside the
+    mask's bounding box, so the cost follows the masks' sizes, not the frame's)."""
+    from scipy import ndimage
+
+    B = sp.csc_matrix(B)
+    B.sort_indices()
+    structure = np.ones((3,) * len(dims), bool)
+    rows, cols = [], []
+    for k in range(B.shape[1]):
+        idx = B.indices[B.indptr[k]:B.indptr[k + 1]]
+        if idx.size == 0:
+            continue
+        coords = np.stack(np.unravel_index(idx, dims))
+        lo = coords.min(axis=1)
+        box = np.zeros(tuple(coords.max(axis=1) - lo + 1), bool)
+        box[tuple(coords - lo[:, None])] = True
+        labels, n = ndimage.label(box, structure)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())[1:]
+            idx = idx[labels[tuple(coords - lo[:, None])] == 1 + int(np.argmax(sizes))]
+        rows.append(idx)
+        cols.append(np.full(idx.size, k))
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64))
+    r = cat(rows)
+    return sp.csc_matrix((np.ones(r.size), (r, cat(cols))), shape=B.shape, dtype=np.float64)
 
 
 def _centroids(B: sp.csc_matrix, dims: tuple[int, ...]) -> np.ndarray:

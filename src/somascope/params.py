@@ -37,21 +37,25 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
 * ``patch.rf = 4·gSiz`` (1p: ``3·gSiz``, room for the ring background): patches of about
   eight neurons across (88 px for 5 px neurons), large enough that the overlaps cost little;
   ``patch.stride = gSiz`` (1p: ``ceil(1.5·gSiz)``) so every neuron lies whole in some patch.
-* ``init.K`` = components per patch: ``round(0.3 × patch volume / neuron volume)`` (a
-  margin over the ~20 % of tissue that cells cover at most: surplus candidates are merged
-  away or rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf``
-  is None (whole field of view).
+* ``init.K`` = components per patch: ``round(0.6 × patch volume / neuron volume)`` (room
+  for dense somata, dendrites and neuropil pieces: surplus candidates are merged away or
+  rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf`` is None
+  (whole field of view).
 * ``init.ssub = p_ssub = max(1, floor(min(gSig) / 2.5))`` (keeps gSig ≥ 2.5 px after spatial
   downsampling); ``init.tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames per
   decay time after temporal downsampling); inside patches ``p_tsub = max(1,
   floor(fr·decay_time / 3))`` (≥ 3 frames per decay time: the patches only initialise; the
   full-rate data refine the result).
-* ``quality.use_ecc`` is on: footprints more than ``max_ecc`` = 3 times longer than wide
-  (dendrites, axons, border slivers) are rejected as not being somata.
+* ``quality.use_ecc`` is on: footprints whose mask is more than ``max_ecc`` = 3 times longer
+  than wide (dendrites, axons, border slivers) are rejected as not being somata;
+  ``quality.use_area`` is on: masks larger than ``max_area_ratio`` = 2.5 neuron areas
+  (out-of-focus neuropil, background, merged neighbours) are rejected. Thresholds: CaImAn's
+  (``min_SNR`` 2.5, ``rval_thr`` 0.8, ``rval_lowest`` -1) but ``SNR_lowest`` 1 (not 0.5):
+  chosen on dense, low-SNR movies across the hard family and ``dev_sim`` (docs/accuracy.md).
 * ``deconvolution.bas_nonneg`` is off: a CNMF trace's baseline is whatever the background
   and the footprint's constant leave, often negative; constraining it to ≥ 0 zeroes the
   traces of real cells (8 % of them on a simulated 512×512 movie).
-* ``init.method`` = ``"rolling_greedy_roi"`` (1p: ``"greedy_corr"``); ``init.nb`` = 1 (1p: 0, the ring
+* ``init.method`` = ``"rolling_greedy_roi"`` (1p: ``"greedy_corr"``); ``init.nb`` = 3 (1p: 0, the ring
   model); ``patch.nb_patch = nb`` if ``nb ≤ 0`` else 1; ``init.normalize_init`` = False for
   ``greedy_corr`` else True; ``patch.del_duplicates`` = ``is_1p``;
   ``init.sigma_smooth_snmf = (0.5,) * (ndim + 1)``.
@@ -312,7 +316,13 @@ class MotionParams(_Group):
     """Rigid and piecewise-rigid (NoRMCorre) motion correction.
 
     Attributes:
-        pw_rigid: estimate a piecewise-rigid displacement field after the rigid pass.
+        pw_rigid: ``"auto"`` (default), True or False. True: estimate a piecewise-rigid
+            displacement field after the rigid pass; False: rigid only. ``"auto"``: after the
+            rigid template is built, the patch displacements of a sample of frames are measured
+            against it and piecewise-rigid correction runs when their spread around the rigid
+            displacement exceeds :data:`somascope.motion.PW_RIGID_AUTO_THRESHOLD_PX` (0.5 px;
+            ``docs/motion.md``), or rigid when the frame is smaller than one patch. Strings
+            ``"true"``/``"false"`` (any case) are read as booleans. The result records what ran.
         max_shifts: largest rigid displacement searched, px per axis.
         strides: distance between the starts of neighbouring pw-rigid patches, px per axis
             (a patch is ``strides + overlaps`` wide).
@@ -337,7 +347,7 @@ class MotionParams(_Group):
 
     _group: ClassVar[str] = "motion"
 
-    pw_rigid: bool = False
+    pw_rigid: bool | str = "auto"
     max_shifts: tuple[int, ...] = (6, 6)
     strides: tuple[int, ...] = (48, 48)
     overlaps: tuple[int, ...] = (24, 24)
@@ -351,7 +361,15 @@ class MotionParams(_Group):
     smooth_shifts: float | None = None
     is3D: bool = False
 
+    def _normalize(self) -> None:
+        super()._normalize()
+        if isinstance(self.pw_rigid, str):
+            word = self.pw_rigid.strip().lower()
+            self.pw_rigid = {"true": True, "false": False}.get(word, word)
+
     def _check(self) -> None:
+        _need(self.pw_rigid in (True, False, "auto"), self._k("pw_rigid"), self.pw_rigid,
+              "must be \"auto\", True or False", "give auto, true or false")
         _all_positive(self._k("max_shifts"), self.max_shifts, zero_ok=True)
         _all_positive(self._k("strides"), self.strides)
         _all_positive(self._k("overlaps"), self.overlaps, zero_ok=True)
@@ -416,12 +434,12 @@ class InitParams(_Group):
     _group: ClassVar[str] = "init"
 
     method: str = "rolling_greedy_roi"
-    K: int | None = 30
+    K: int | None = 59
     gSig: tuple[float, ...] = (5.0, 5.0)
     gSiz: tuple[int, ...] = (11, 11)
     ssub: int = 2
     tsub: int = 2
-    nb: int = 1
+    nb: int = 3
     rolling_length: int = 100
     min_corr: float = 0.8
     min_pnr: float = 10.0
@@ -645,6 +663,11 @@ class QualityParams(_Group):
             invariance); None: only init.gSig.
         use_ecc: also reject elongated footprints.
         max_ecc: largest accepted eccentricity (major / minor axis), ≥ 1.
+        use_area: also reject footprints much larger than a neuron (out-of-focus neuropil,
+            background, merged neighbours).
+        max_area_ratio: largest accepted footprint area (pixels ≥ 0.2 × its peak, largest
+            connected piece) over the area of a neuron of ``data.neuron_radius`` (π·r² in
+            2-D, 4/3·π·r³ in 3-D); > 0.
         N_samples_exceptionality: frames in the SNR window, ``ceil(fr·decay_time)``.
         refit: after evaluation, re-run CNMF seeded with the accepted footprints
             (Mesmerize's ``refit``).
@@ -653,7 +676,7 @@ class QualityParams(_Group):
     _group: ClassVar[str] = "quality"
 
     min_SNR: float = 2.5
-    SNR_lowest: float = 0.5
+    SNR_lowest: float = 1.0
     rval_thr: float = 0.8
     rval_lowest: float = -1.0
     use_cnn: bool = True
@@ -662,6 +685,8 @@ class QualityParams(_Group):
     gSig_range: tuple[float, ...] | None = None
     use_ecc: bool = True
     max_ecc: float = 3.0
+    use_area: bool = True
+    max_area_ratio: float = 2.5
     N_samples_exceptionality: int = 12
     refit: bool = False
 
@@ -682,6 +707,7 @@ class QualityParams(_Group):
             _all_positive(self._k("gSig_range"), self.gSig_range)
         _need(self.max_ecc >= 1, self._k("max_ecc"), self.max_ecc,
               "an eccentricity is at least 1", "use e.g. 3")
+        _positive(self._k("max_area_ratio"), self.max_area_ratio)
         _need(self.N_samples_exceptionality >= 1, self._k("N_samples_exceptionality"),
               self.N_samples_exceptionality, "must be at least 1 frame",
               "leave it out to derive ceil(fr·decay_time)")
@@ -881,13 +907,27 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)  # 30 Hz × 0.4 s is 12.000000000000002 frames, not 13
 
 
+#: Components initialised per patch, per neuron area (or volume) of the patch. Dense cortex
+#: has somata covering ~30 % of a field of view plus dendrites and out-of-focus neuropil; the
+#: initialisation must have room for all of them, since a cell left out is lost while a
+#: surplus candidate is merged away or rejected by the quality tests (0.3 found 57 % of the
+#: active somata of dense, low-SNR movies, 0.6 finds 88 %).
+K_PER_NEURON_AREA = 0.6
+
+
 def _rule_K(v: dict[str, Any], ndim: int) -> int:
     rf = v["patch.rf"]
     if rf is None:
         return 30
     ball = math.pi if ndim == 2 else 4.0 / 3.0 * math.pi
     ratio = math.prod(2 * x for x in rf) / (ball * math.prod(v["data.neuron_radius"]))
-    return max(1, round(0.3 * ratio))
+    return max(1, round(K_PER_NEURON_AREA * ratio))
+
+
+#: Global background components of two-photon data: the neuropil is not one image times one
+#: trace (out-of-focus fields fluctuate on their own); with one component their activity
+#: leaks into the cells' traces and becomes components of its own.
+NB_2P = 3
 
 
 def _stride_of(gsiz: int, is_1p: bool) -> int:
@@ -908,7 +948,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("patch.p_ssub", lambda v, n: v["init.ssub"]),
     ("patch.p_tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 3 + 1e-9))),
     ("init.method", lambda v, n: "greedy_corr" if v["data.is_1p"] else "rolling_greedy_roi"),
-    ("init.nb", lambda v, n: 0 if v["data.is_1p"] else 1),
+    ("init.nb", lambda v, n: 0 if v["data.is_1p"] else NB_2P),
     ("patch.nb_patch", lambda v, n: v["init.nb"] if v["init.nb"] <= 0 else 1),
     ("init.normalize_init", lambda v, n: v["init.method"] != "greedy_corr"),
     ("init.sigma_smooth_snmf", lambda v, n: (0.5,) * (n + 1)),

@@ -463,6 +463,7 @@ def _motion_section(run: _Run) -> Section | None:
     table: list[tuple[str, Any]] = [
         ("mode", "piecewise-rigid" + (f" ({mc.patch_grid.n_patches} patches)" if mc.patch_grid is not None else "")
          if mc.pw_rigid else "rigid"),
+        *_motion_model_rows(m.get("motion_model")),
         ("largest |displacement| (rigid)", ", ".join(f"{a} {v:.2f} px" for a, v in zip(axes, largest))),
         ("border_pix (ignored downstream)", tuple(int(b) for b in mc.border_pix)),
     ]
@@ -480,6 +481,22 @@ def _motion_section(run: _Run) -> Section | None:
     return Section("Motion correction", table=table, figures=[
         ("shifts.png", f"estimated displacement of each frame (rigid){spread}"),
         ("motion_quality.png", "correlation of each corrected frame with the template; mean image before and after")])
+
+
+def _motion_model_rows(model: Any) -> list[tuple[str, Any]]:
+    """How the motion model was chosen (``metrics["motion_model"]``, results older than
+    ``pw_rigid="auto"`` have none)."""
+    if not isinstance(model, dict):
+        return []
+    if model.get("requested") != "auto":
+        return [("model chosen by", f"the parameters (pw_rigid={model.get('requested')})")]
+    if model.get("residual_px") is None:
+        return [("model chosen by", str(model.get("reason", "pw_rigid=auto")))]
+    sign = ">" if model.get("pw_rigid") else "≤"
+    return [("model chosen by", "pw_rigid=auto: piecewise-rigid when patches move more than the threshold "
+                                "against the rigid displacement"),
+            ("non-rigid residual (auto)", f"{model['residual_px']:.2f} px {sign} threshold {model['threshold_px']:g} px "
+                                          f"({model.get('frames_measured', '?')} frames measured)")]
 
 
 def _quality_section(run: _Run) -> Section | None:
@@ -529,7 +546,9 @@ def _params_section(run: _Run) -> Section:
     def pair(group: str, a: str, b: str) -> str:
         return f"{_format(g(group, a))} / {_format(g(group, b))}"
 
-    motion = "piecewise-rigid" if g("motion", "pw_rigid") else f"rigid, max_shifts {_format(g('motion', 'max_shifts'))}"
+    pw = g("motion", "pw_rigid")
+    motion = ("auto (rigid or piecewise-rigid, chosen from the data)" if pw == "auto" else
+              "piecewise-rigid" if pw else f"rigid, max_shifts {_format(g('motion', 'max_shifts'))}")
     table = [("neuron radius (px)", g("data", "neuron_radius")), ("gSig / gSiz (px)", pair("init", "gSig", "gSiz")),
              ("frame rate fr (Hz)", g("data", "fr")), ("decay_time (s)", g("data", "decay_time")),
              ("patch rf / stride (px)", pair("patch", "rf", "stride")),

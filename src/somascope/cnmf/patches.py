@@ -252,7 +252,7 @@ def _screen(Y: np.ndarray, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, 
     est = Estimates(A=sp.csc_matrix(A), dims=tuple(Y.shape[1:]), C=np.asarray(C, np.float32),
                     b=np.asarray(b, np.float32), f=np.asarray(f, np.float32))
     screen = dataclasses.replace(params, quality=dataclasses.replace(
-        q, min_SNR=q.SNR_lowest, rval_thr=q.rval_lowest, use_cnn=False, use_ecc=False))
+        q, min_SNR=q.SNR_lowest, rval_thr=q.rval_lowest, use_cnn=False, use_ecc=False, use_area=False))
     ev = evaluate_components(est, Y, screen)
     return np.sort(np.asarray(ev.idx_components, dtype=np.int64))
 

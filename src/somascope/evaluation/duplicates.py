@@ -63,16 +63,14 @@ class Duplicates:
 
 
 def binary_masks(A: Any, binarise_frac: float = 0.2) -> sp.csc_matrix:
-    """``pixels × K`` 0/1 masks: entries > 0 and ≥ ``binarise_frac`` × their column's maximum."""
+    """``pixels × K`` 0/1 masks: entries > 0 and ≥ ``binarise_frac`` × their column's maximum
+    (:func:`somascope.metrics.binarise_footprints`)."""
+    from somascope.metrics import binarise_footprints
+
     if not 0.0 <= float(binarise_frac) <= 1.0:
         raise ValueError(f"binarise_frac is a fraction of each footprint's maximum and must lie in [0, 1]; "
                          f"got {binarise_frac!r}.")
-    M = _as_csc(A)
-    coo = M.tocoo()
-    col_max = np.zeros(M.shape[1])
-    np.maximum.at(col_max, coo.col, coo.data)
-    keep = (coo.data > 0) & (coo.data >= binarise_frac * col_max[coo.col])
-    return sp.csc_matrix((np.ones(int(keep.sum())), (coo.row[keep], coo.col[keep])), shape=M.shape)
+    return binarise_footprints(_as_csc(A), frac=binarise_frac)
 
 
 def find_duplicates(
@@ -81,7 +79,7 @@ def find_duplicates(
     score: np.ndarray | None = None,
     binarise_frac: float = 0.2,
     max_distance: float = 0.1,
-    subset_thr: float = 0.8,
+    subset_thr: float | None = 0.8,
 ) -> Duplicates:
     """Find duplicate components and choose which to keep (see the module docstring).
 
@@ -99,7 +97,8 @@ def find_duplicates(
         Pairs with Jaccard distance below this are duplicates, in [0, 1].
     subset_thr
         Pairs whose intersection covers at least this fraction of the smaller mask are
-        duplicates, in (0, 1]; 1 flags only exact subsets, values above 1 are refused.
+        duplicates, in (0, 1]; 1 flags only exact subsets, values above 1 are refused; None:
+        no containment rule (only the Jaccard distance).
 
     Returns
     -------
@@ -107,7 +106,7 @@ def find_duplicates(
     """
     if not 0.0 <= float(max_distance) <= 1.0:
         raise ValueError(f"max_distance is a Jaccard distance and must lie in [0, 1]; got {max_distance!r}.")
-    if not 0.0 < float(subset_thr) <= 1.0:
+    if subset_thr is not None and not 0.0 < float(subset_thr) <= 1.0:
         raise ValueError(f"subset_thr is a fraction of the smaller mask and must lie in (0, 1]; got {subset_thr!r}.")
     B = binary_masks(A, binarise_frac)
     K = B.shape[1]
@@ -125,7 +124,9 @@ def find_duplicates(
     union = size[i] + size[j] - n
     distance = 1.0 - n / union
     containment = n / np.minimum(size[i], size[j])
-    dup = (n > 0) & ((distance < max_distance) | (containment >= subset_thr))
+    dup = (n > 0) & (distance < max_distance)
+    if subset_thr is not None:
+        dup |= (n > 0) & (containment >= subset_thr)
     i, j, distance, containment = i[dup], j[dup], distance[dup], containment[dup]
     order = np.lexsort((j, i))
     i, j, distance, containment = i[order], j[order], distance[order], containment[order]

@@ -51,7 +51,9 @@ when the cell fires; a footprint fitted to noise does not.
 passes its threshold — ``SNR ≥ min_SNR``, ``r ≥ rval_thr`` or (with a classifier) ``cnn ≥
 min_cnn_thr`` — and none falls to or below its lowest value — ``SNR ≤ SNR_lowest``, ``r ≤
 rval_lowest``, ``cnn ≤ cnn_lowest`` — and, when ``use_ecc``, its eccentricity is at most
-``max_ecc``. Components with an empty footprint are rejected outright. A component whose
+``max_ecc`` and, when ``use_area``, its area at most ``max_area_ratio`` neuron areas
+(:func:`area_ratio`: out-of-focus neuropil and background pieces are several times larger than
+a soma, and often pass the SNR test). Components with an empty footprint are rejected outright. A component whose
 denoised trace ``c_i`` is flat has no r-value (NaN) and is judged on its SNR alone, which
 comes from the raw trace (as in CaImAn, where its r-value is 0).
 
@@ -81,7 +83,9 @@ __all__ = [
     "SIGMA_FACTOR",
     "Exceptionality",
     "activity_frames",
+    "area_ratio",
     "eccentricity",
+    "footprint_masks",
     "evaluate_components",
     "event_exceptionality",
     "residual_traces",
@@ -108,6 +112,12 @@ _BINS_PER_BANDWIDTH = 4
 #: Normalised footprint overlap ``⟨a_i, a_j⟩ / (‖a_i‖ ‖a_j‖)`` above which two components
 #: count as overlapping when choosing the frames of the r-value (CaImAn's ``Athresh``).
 OVERLAP_THR = 0.1
+#: Fraction of its peak above which a footprint's pixels make its mask for the shape tests
+#: (eccentricity, area): the binarisation the CaImAn paper scores footprints with.
+MASK_FRAC = 0.2
+#: Jaccard distance of two accepted components' masks below which they are one cell twice
+#: (the matching to a ground truth counts pairs up to 0.7 as the same cell).
+DUPLICATE_DISTANCE = 0.5
 
 
 # --------------------------------------------------------------------------------------
@@ -360,8 +370,8 @@ def spatial_consistency(
     if model.T != T:
         raise ValueError(f"C has {model.T} frames but the movie has {T}; pass the traces of this movie.")
     frames = _frames_for_rvalues(model, n_peaks, frames_before, frames_after, peak_threshold)
-    _, sums = _scan(source, model, frames, need_AtY=False, chunk_frames=chunk_frames, progress=progress)
-    return _rvalues(model, frames, sums)
+    _, mean, sums = _scan(source, model, frames, need_AtY=False, chunk_frames=chunk_frames, progress=progress)
+    return _rvalues(model, frames, sums, mean)
 
 
 # --------------------------------------------------------------------------------------
@@ -401,7 +411,7 @@ def residual_traces(
     T, _ = _check_source(source, model.n_pixels, None)
     if model.T != T:
         raise ValueError(f"C has {model.T} frames but the movie has {T}; pass the traces of this movie.")
-    AtY, _ = _scan(source, model, [np.zeros(0, np.int64)] * model.K, need_AtY=True,
+    AtY, _, _ = _scan(source, model, [np.zeros(0, np.int64)] * model.K, need_AtY=True,
                    chunk_frames=chunk_frames, progress=progress)
     return model.residuals(AtY)
 
@@ -445,6 +455,33 @@ def eccentricity(A: Any, dims: Sequence[int], spacing: Sequence[float] | None = 
     return out
 
 
+def footprint_masks(A: Any, dims: Sequence[int]) -> sp.csc_matrix:
+    """Binary masks of the footprints ``A`` (``pixels × K``) as the shape tests and the matching
+    to a ground truth see them (:func:`somascope.metrics.binarise_footprints`): the pixels at
+    least :data:`MASK_FRAC` × the footprint's peak, largest connected piece. A footprint's
+    faint tails (neighbours' leakage, background) make its weighted moments rounder and
+    larger than the cell it is; the mask is the cell."""
+    from somascope.metrics import binarise_footprints
+
+    return binarise_footprints(_as_csc(A, "A"), tuple(int(d) for d in dims), MASK_FRAC, largest_piece=True)
+
+
+def area_ratio(masks: Any, dims: Sequence[int], radius: Sequence[float]) -> np.ndarray:
+    """Area of each binary mask (:func:`footprint_masks`, ``pixels × K``) over the area of a
+    neuron of ``radius`` px (one per axis): π·r_y·r_x in 2-D, 4/3·π·r_z·r_y·r_x in 3-D. A soma
+    gives about 1; out-of-focus neuropil, background and merged neighbours give several.
+
+    Returns
+    -------
+    ndarray (K,) float64 ≥ 0 (0 for an empty mask).
+    """
+    dims = tuple(int(d) for d in dims)
+    r = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(dims),))
+    ball = math.pi if len(dims) == 2 else 4.0 / 3.0 * math.pi
+    M = _as_csc(masks, "masks")
+    return np.asarray((M != 0).sum(axis=0), dtype=np.float64).ravel() / (ball * float(np.prod(r)))
+
+
 # --------------------------------------------------------------------------------------
 # The rule
 # --------------------------------------------------------------------------------------
@@ -457,6 +494,7 @@ def select_components(
     *,
     quality: QualityParams | None = None,
     ecc: np.ndarray | None = None,
+    area: np.ndarray | None = None,
     valid: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Accepted and rejected component indices (the rule in the module docstring).
@@ -472,6 +510,9 @@ def select_components(
         Thresholds (default ``QualityParams()``).
     ecc
         Eccentricities ``(K,)``; required when ``quality.use_ecc``.
+    area
+        Footprint areas over a neuron's (:func:`area_ratio`), ``(K,)``; required when
+        ``quality.use_area``.
     valid
         ``(K,)`` bool, False for components that cannot be a cell (e.g. an empty footprint);
         those are rejected.
@@ -498,9 +539,14 @@ def select_components(
         if q.use_ecc:
             if ecc is None:
                 raise ValueError("quality.use_ecc is on but no eccentricities were given; "
-                                 "pass ecc=eccentricity(A, dims).")
+                                 "pass ecc=eccentricity(footprint_masks(A, dims), dims).")
             e = _vector(ecc, K, "ecc")
             reject |= ~(e <= q.max_ecc)
+        if q.use_area:
+            if area is None:
+                raise ValueError("quality.use_area is on but no areas were given; "
+                                 "pass area=area_ratio(footprint_masks(A, dims), dims, radius).")
+            reject |= ~(_vector(area, K, "area") <= q.max_area_ratio)
     if valid is not None:
         reject |= ~_vector(valid, K, "valid").astype(bool)
     good = accept & ~reject
@@ -573,18 +619,22 @@ def evaluate_components(
     before = math.ceil(N / 4) if frames_before is None else frames_before
     after = N if frames_after is None else frames_after
     frames = _frames_for_rvalues(model, n_peaks, before, after, peak_threshold)
-    AtY, sums = _scan(source, model, frames, need_AtY=model.YrA is None, chunk_frames=chunk_frames,
-                      progress=progress)
+    AtY, mean, sums = _scan(source, model, frames, need_AtY=model.YrA is None, chunk_frames=chunk_frames,
+                            progress=progress)
     YrA = model.YrA if AtY is None else model.residuals(AtY)
-    r_values = _rvalues(model, frames, sums)
+    r_values = _rvalues(model, frames, sums, mean)
     snr = trace_snr(model.C + YrA, N, sigma_factor=sigma_factor) if model.K else np.zeros(0)
     valid = model.norms > 0
-    ecc = eccentricity(model.A, dims, p.data.dxy) if q.use_ecc else None
+    masks = footprint_masks(model.A, dims)
+    ecc = eccentricity(masks, dims, p.data.dxy) if q.use_ecc else None
+    area = area_ratio(masks, dims, p.data.neuron_radius) if q.use_area else None
     cnn = est.cnn_preds
     if q.use_cnn and cnn is None:
         log.debug("quality.use_cnn is on but the estimates have no cnn_preds; the CNN test is skipped.")
-    good, bad = select_components(snr, r_values, cnn, quality=q, ecc=ecc, valid=valid)
-    log.info("evaluated %d components: %d accepted, %d rejected", model.K, good.size, bad.size)
+    good, bad = select_components(snr, r_values, cnn, quality=q, ecc=ecc, area=area, valid=valid)
+    good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
+    log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)",
+             model.K, good.size, bad.size, n_dup)
     changes: dict[str, Any] = dict(SNR_comp=snr, r_values=r_values, idx_components=good, idx_components_bad=bad)
     if est.YrA is None:
         changes["YrA"] = YrA
@@ -594,6 +644,27 @@ def evaluate_components(
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
+
+
+def _drop_duplicates(masks: sp.csc_matrix, snr: np.ndarray, good: np.ndarray,
+                     bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reject the accepted components that are the same cell as a better accepted one.
+
+    The fit sometimes splits one cell into two components with nearly the same footprint and
+    each a part of its events (their traces do not correlate, so merging leaves them): both
+    pass the tests, but only one is a cell. Pairs whose masks overlap with a Jaccard distance
+    below :data:`DUPLICATE_DISTANCE` (:func:`somascope.evaluation.find_duplicates`; no
+    containment rule: a cell inside a larger accepted component is still a cell), the higher
+    trace SNR kept. Returns ``(good, bad, number moved)``.
+    """
+    from .duplicates import find_duplicates
+
+    if good.size < 2:
+        return good, bad, 0
+    dup = find_duplicates(masks[:, good], score=snr[good], max_distance=DUPLICATE_DISTANCE, subset_thr=None)
+    if dup.n_removed == 0:
+        return good, bad, 0
+    return good[dup.keep], np.union1d(bad, good[dup.remove]).astype(np.int64), dup.n_removed
 
 
 @dataclass
@@ -704,11 +775,21 @@ def _frames_for_rvalues(model: _Model, n_peaks: int, before: int, after: int, th
     return out
 
 
-def _rvalues(model: _Model, frames: list[np.ndarray], sums: list[np.ndarray]) -> np.ndarray:
-    """Correlation of each footprint with its activity image, other activity removed."""
+def _rvalues(model: _Model, frames: list[np.ndarray], sums: list[np.ndarray], mean: np.ndarray) -> np.ndarray:
+    """Correlation of each footprint with its activity image, other activity removed.
+
+    The activity image is the data averaged over the component's frames *minus the data
+    averaged over all frames* (``mean``, pixels), less the same change of every other
+    component and of the background: what the movie shows change when the cell fires. Without
+    the temporal mean, whatever static structure the background model leaves on the footprint
+    (resting fluorescence of neighbours, vessels, neuropil texture) stays in the image and
+    drowns a dim cell's activity.
+    """
     K = model.K
     r = np.full(K, np.nan)
     A, rows = model.A, model.A_rows
+    c_all = model.C.mean(axis=1, dtype=np.float64)
+    f_all = model.f.mean(axis=1) if model.b.shape[1] else None
     for i in range(K):
         lo, hi = A.indptr[i], A.indptr[i + 1]
         px, a = A.indices[lo:hi], A.data[lo:hi]
@@ -717,12 +798,12 @@ def _rvalues(model: _Model, frames: list[np.ndarray], sums: list[np.ndarray]) ->
         if px.size < 3 or frames[i].size == 0:
             continue
         fr = frames[i]
-        image = sums[i][sel] / fr.size
-        c_mean = model.C[:, fr].mean(axis=1, dtype=np.float64)
-        c_mean[i] = 0.0  # keep this component's own activity
-        image = image - rows[px] @ c_mean
-        if model.b.shape[1]:
-            image = image - model.b[px] @ model.f[:, fr].mean(axis=1)
+        image = sums[i][sel] / fr.size - mean[px]
+        c_change = model.C[:, fr].mean(axis=1, dtype=np.float64) - c_all
+        c_change[i] = 0.0  # keep this component's own activity
+        image = image - rows[px] @ c_change
+        if f_all is not None:
+            image = image - model.b[px] @ (model.f[:, fr].mean(axis=1) - f_all)
         r[i] = _pearson(image, a)
     return r
 
@@ -742,9 +823,10 @@ def _scan(
     need_AtY: bool,
     chunk_frames: int | None,
     progress: bool,
-) -> tuple[np.ndarray | None, list[np.ndarray]]:
-    """One pass over the movie: ``Aᵀ·Y`` (if asked) and, for each component, the sum over its
-    ``frames`` of the data at its footprint's pixels (in the order of ``A``'s indices)."""
+) -> tuple[np.ndarray | None, np.ndarray, list[np.ndarray]]:
+    """One pass over the movie: ``Aᵀ·Y`` (if asked), the mean image (``pixels``, float64) and,
+    for each component, the sum over its ``frames`` of the data at its footprint's pixels (in
+    the order of ``A``'s indices)."""
     T = int(source.shape[0])
     P = model.n_pixels
     if chunk_frames is None:
@@ -759,6 +841,7 @@ def _scan(
     At32 = sp.csr_matrix(A.T, dtype=np.float32) if need_AtY else None
     AtY = np.zeros((model.K, T), dtype=np.float32) if need_AtY else None
     sums = [np.zeros(A.indptr[i + 1] - A.indptr[i]) for i in range(model.K)]
+    total = np.zeros(P)
     active = [i for i in range(model.K) if frames[i].size and sums[i].size]
     bar = None
     if progress:
@@ -772,6 +855,7 @@ def _scan(
             if not isinstance(block, np.ndarray) or block.dtype != np.float32:
                 block = np.asarray(block, dtype=np.float32)
             Yc = block.reshape(t1 - t0, P)
+            total += Yc.sum(axis=0, dtype=np.float64)
             if At32 is not None:
                 part = At32 @ Yc.T
                 if not np.isfinite(part).all():
@@ -794,7 +878,7 @@ def _scan(
     finally:
         if bar is not None:
             bar.close()
-    return AtY, sums
+    return AtY, total / T, sums
 
 
 def _check_source(source: Any, n_pixels: int, dims: tuple[int, ...] | None) -> tuple[int, tuple[int, ...]]:

@@ -17,7 +17,7 @@ Sign convention (``docs/conventions.md``): a displacement ``d`` means
 
 from __future__ import annotations
 
-from .driver import apply_shifts, border_pix, correct
+from .driver import PW_RIGID_AUTO_THRESHOLD_PX, apply_shifts, border_pix, correct, nonrigid_residual
 from .metrics import crispness, frame_correlations
 from .piecewise import PatchGrid, displacement_field, patch_grid, register_frame_pw
 from .registration import TemplatePlan, high_pass, prepare_template, register_frame, register_frames
@@ -26,6 +26,7 @@ from .warp import shift_frame, warp_frame
 
 __all__ = [
     "MotionResult",
+    "PW_RIGID_AUTO_THRESHOLD_PX",
     "PatchGrid",
     "TemplatePlan",
     "apply_shifts",
@@ -35,6 +36,7 @@ __all__ = [
     "displacement_field",
     "frame_correlations",
     "high_pass",
+    "nonrigid_residual",
     "patch_grid",
     "prepare_template",
     "register_frame",

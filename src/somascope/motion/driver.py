@@ -6,7 +6,12 @@
 1. **Templates.** Up to :data:`TEMPLATE_CHUNKS` chunks spread over the movie each build their
    own template from :data:`TEMPLATE_FRAMES` of their frames (binned median, refined
    ``niter_rig`` times; once more piecewise-rigidly in pw-rigid mode). The chunk templates are
-   aligned to each other and their median is the meta-template.
+   aligned to each other and their median is the meta-template. With ``pw_rigid="auto"``
+   the templates are rigid; a sample of the template windows' frames is then registered
+   piecewise-rigidly to the meta-template and piecewise-rigid mode is chosen when the patches
+   move more than :data:`PW_RIGID_AUTO_THRESHOLD_PX` against the rigid displacement
+   (:func:`nonrigid_residual`); the block templates then get their piecewise-rigid step.
+   ``MotionResult.metrics["motion_model"]`` records the decision.
 2. **Estimation.** Every chunk is registered to the meta-template (rigid or piecewise-rigid);
    workers return only displacements. The driver then smooths them in time
    (``smooth_shifts``) and, in pw-rigid mode, refers them to the movie's average geometry:
@@ -31,9 +36,11 @@ and a few frame-sized accumulators. The results of one *wave* of chunks
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +54,7 @@ from .metrics import central_region, crispness, frame_correlations
 from .piecewise import PatchGrid, displacement_field, patch_grid
 from .result import MotionResult
 from .settings import Settings, resolve
-from .templates import block_template, meta_template
+from .templates import block_template, meta_template, refine_template
 from .warp import warp_frame
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,20 @@ TEMPLATE_FRAMES = 80
 RESIDUAL_EVERY = 10
 #: Chunks per worker in flight before the driver reduces their results.
 WAVE_TASKS_PER_WORKER = 4
+#: ``pw_rigid="auto"`` runs piecewise-rigid correction when :func:`nonrigid_residual` of the
+#: sampled frames exceeds this, px: patches that move by more than half a pixel against the
+#: rigid displacement blur cells enough to cost detection; below it the rigid model is as good
+#: (and the patch estimates are mostly noise). Measured values: ``docs/motion.md``.
+PW_RIGID_AUTO_THRESHOLD_PX = 0.5
+#: Percentile over the sampled frames used by :func:`nonrigid_residual`.
+PW_RIGID_AUTO_PERCENTILE = 95.0
+#: Most frames registered piecewise-rigidly to decide ``pw_rigid="auto"``: groups of
+#: :data:`PW_RIGID_AUTO_BIN` consecutive frames spread over the template windows (spread over
+#: the movie; read again cheaply).
+PW_RIGID_AUTO_FRAMES = 256
+#: Consecutive frames whose patch displacements are averaged before :func:`nonrigid_residual`
+#: (estimation noise is independent from frame to frame, deformations last longer).
+PW_RIGID_AUTO_BIN = 4
 
 
 @dataclass(frozen=True)
@@ -272,14 +293,29 @@ def correct(
                              frame_rate=getattr(source, "frame_rate", None),
                              metadata={"motion": settings.params}, overwrite=overwrite)
     try:
-        kind = "piecewise-rigid" if settings.pw_rigid else "rigid"
+        auto = settings.pw_rigid_requested == "auto"
+        kind = "rigid or piecewise-rigid, chosen from the data" if auto else (
+            "piecewise-rigid" if settings.pw_rigid else "rigid")
         log.info("motion correction (%s) of %d frames of %s in %d chunks on %r", kind, n_frames, dims, len(chunks), eng)
-        template = _build_template(source, chunks, settings, eng, workers, progress)
+        windows = _template_windows(source, chunks)
+        template, block_templates = _build_template(source, windows, settings, eng, workers, progress)
+        if auto:
+            model = _choose_model(source, windows, template, settings, eng, workers, progress)
+            log.info("motion model %s", model["reason"])
+            if model["pw_rigid"]:
+                settings = dataclasses.replace(settings, pw_rigid=True)
+                template = _pw_templates(source, windows, block_templates, settings, eng, workers, progress)
+        else:
+            model = {"requested": bool(settings.pw_rigid), "pw_rigid": bool(settings.pw_rigid),
+                     "reason": f"pw_rigid={settings.pw_rigid} given", "residual_px": None,
+                     "threshold_px": PW_RIGID_AUTO_THRESHOLD_PX, "frames_measured": 0, "seconds": 0.0}
+        settings = dataclasses.replace(settings, params={**settings.params, "pw_rigid": bool(settings.pw_rigid)})
         if settings.pw_rigid or settings.smooth_shifts:
             est = _estimate(source, chunks, template, settings, eng, workers, progress)
         else:  # rigid, unsmoothed: each chunk is registered and corrected in one read
             est = _Estimate(template, None, None, None, None, None)
         result = _correct_all(source, chunks, est, settings, eng, workers, progress, store)
+        result.metrics["motion_model"] = model
     except BaseException:
         if store is not None:
             store.discard()
@@ -290,21 +326,115 @@ def correct(
     return result
 
 
-def _build_template(source: Any, chunks: list[tuple[int, int]], settings: Settings, eng: Engine, workers: int,
-                    progress: bool) -> np.ndarray:
+def _template_windows(source: Any, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The windows of frames ``[a, b)`` that build templates: up to :data:`TEMPLATE_CHUNKS`
+    chunks spread over the movie, :data:`TEMPLATE_FRAMES` frames around each one's middle."""
     picks = np.unique(np.round(np.linspace(0, len(chunks) - 1, min(len(chunks), TEMPLATE_CHUNKS))).astype(int))
     # Stores are read in whole bricks of ``time_chunk`` frames: start each window on a brick
     brick = int(getattr(source, "time_chunk", 1))
-    items = []
+    windows = []
     for k in picks:
         a, b = chunks[k]
         n = min(b - a, TEMPLATE_FRAMES)
         a = a + (b - a - n) // 2
         if 1 < brick and n <= brick and (a % brick) + n > brick:
             a -= a % brick  # one brick read instead of two
-        items.append((_piece(source, a, a + n), a, a + n, settings, workers))
-    templates = eng.map(_template_task, items, desc="motion: templates", progress=progress, unit="chunk")
-    return meta_template(np.stack(templates), settings, workers)
+        windows.append((a, a + n))
+    return windows
+
+
+def _build_template(source: Any, windows: list[tuple[int, int]], settings: Settings, eng: Engine, workers: int,
+                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The meta-template and the block templates it was made of (``(k, *dims)``)."""
+    items = [(_piece(source, a, b), a, b, settings, workers) for a, b in windows]
+    templates = np.stack(eng.map(_template_task, items, desc="motion: templates", progress=progress, unit="chunk"))
+    return meta_template(templates, settings, workers), templates
+
+
+# -- pw_rigid="auto" ------------------------------------------------------------------
+def _auto_sample(a: int, b: int, budget: int) -> np.ndarray:
+    """Frame offsets in ``[0, b - a)`` sampled by ``_auto_task``: groups of
+    :data:`PW_RIGID_AUTO_BIN` consecutive frames spread over the window, ≤ ``budget`` frames."""
+    n, k = b - a, min(PW_RIGID_AUTO_BIN, b - a)
+    groups = max(1, min(budget // k, n // k))
+    starts = np.round(np.linspace(0, n - k, groups)).astype(int)
+    return (starts[:, None] + np.arange(k)[None]).ravel()
+
+
+def _auto_task(item: tuple[Any, ...]) -> np.ndarray:
+    """Patch displacements relative to the rigid one of the frames ``_auto_sample`` picks in a
+    window, registered to the (rigid) meta-template and averaged over each group of
+    consecutive frames: ``(groups, n_patches, ndim)``."""
+    src, a, b, budget, template, settings, workers = item
+    offsets = _auto_sample(a, b, budget)
+    frames = _read(src, a, b)[offsets]
+    sh = register_block(frames, prepare_reference(template, settings, pw_rigid=True), settings, workers)
+    residual = sh.patch - sh.rigid[:, None, :]
+    k = min(PW_RIGID_AUTO_BIN, b - a)
+    return residual.reshape(len(offsets) // k, k, *residual.shape[1:]).mean(axis=1)
+
+
+def nonrigid_residual(residual: np.ndarray) -> float:
+    """The statistic that decides ``pw_rigid="auto"``, px.
+
+    ``residual``: ``(n, n_patches, ndim)`` displacement of each patch relative to the rigid
+    displacement, for ``n`` samples (in :func:`correct`: means over groups of
+    :data:`PW_RIGID_AUTO_BIN` consecutive frames, which halves the estimation noise while
+    keeping deformations that last longer than a few frames). Each patch's median over the
+    samples is taken away first (the template's own deformation, which piecewise-rigid
+    correction removes as a whole, see the module docstring); the result is the
+    :data:`PW_RIGID_AUTO_PERCENTILE`-th percentile over samples of the second largest
+    |deviation| over patches (the largest with fewer than 4 patches): one patch alone, e.g. a
+    bright cell firing where little else is, does not make a warp.
+    """
+    residual = np.asarray(residual, dtype=np.float64)
+    if residual.size == 0:
+        return 0.0
+    dev = residual - np.median(residual, axis=0, keepdims=True)
+    mag = np.sort(np.sqrt((dev**2).sum(axis=2)), axis=1)
+    # a real warp is smooth and moves overlapping neighbours too; one patch alone (a bright cell
+    # firing in a patch with little else) is not evidence: the second largest, from 4 patches on
+    per_sample = mag[:, -2] if mag.shape[1] >= 4 else mag[:, -1]
+    return float(np.percentile(per_sample, PW_RIGID_AUTO_PERCENTILE))
+
+
+def _choose_model(source: Any, windows: list[tuple[int, int]], template: np.ndarray, settings: Settings,
+                  eng: Engine, workers: int, progress: bool) -> dict[str, Any]:
+    """Decide rigid / piecewise-rigid for ``pw_rigid="auto"`` (see :data:`PW_RIGID_AUTO_THRESHOLD_PX`)."""
+    started = time.perf_counter()
+    info: dict[str, Any] = {"requested": "auto", "threshold_px": PW_RIGID_AUTO_THRESHOLD_PX,
+                            "residual_px": None, "frames_measured": 0}
+    if settings.auto_unavailable is not None:
+        info.update(pw_rigid=False, reason=f"auto: rigid, because {settings.auto_unavailable}")
+    else:
+        budget = max(1, PW_RIGID_AUTO_FRAMES // len(windows))
+        items = [(_piece(source, a, b), a, b, budget, template, settings, workers) for a, b in windows]
+        parts = eng.map(_auto_task, items, desc="motion: rigid or pw-rigid?", progress=progress, unit="chunk")
+        residual = np.concatenate(parts)
+        n_frames = sum(len(_auto_sample(a, b, budget)) for a, b in windows)
+        value = nonrigid_residual(residual)
+        pw = value > PW_RIGID_AUTO_THRESHOLD_PX
+        info.update(pw_rigid=bool(pw), residual_px=round(value, 4), frames_measured=int(n_frames),
+                    reason=(f"auto: {'piecewise-rigid' if pw else 'rigid'}, patch displacements differ from the rigid "
+                            f"one by {value:.2f} px ({PW_RIGID_AUTO_PERCENTILE:g}th percentile over {n_frames} frames, "
+                            f"averaged in {len(residual)} groups, of the 2nd largest over {residual.shape[1]} patches) "
+                            f"{'>' if pw else '≤'} threshold {PW_RIGID_AUTO_THRESHOLD_PX:g} px"))
+    info["seconds"] = round(time.perf_counter() - started, 3)
+    return info
+
+
+def _pw_template_task(item: tuple[Any, ...]) -> np.ndarray:
+    src, a, b, template, settings, workers = item
+    return refine_template(_read(src, a, b), template, settings, pw_rigid=True, workers=workers)
+
+
+def _pw_templates(source: Any, windows: list[tuple[int, int]], templates: np.ndarray, settings: Settings,
+                  eng: Engine, workers: int, progress: bool) -> np.ndarray:
+    """The meta-template of pw-rigid mode from the rigid block templates: the last step of
+    :func:`~somascope.motion.templates.block_template` (the same template as ``pw_rigid=True``)."""
+    items = [(_piece(source, a, b), a, b, t, settings, workers) for (a, b), t in zip(windows, templates)]
+    refined = eng.map(_pw_template_task, items, desc="motion: pw-rigid templates", progress=progress, unit="chunk")
+    return meta_template(np.stack(refined), settings, workers)
 
 
 @dataclass

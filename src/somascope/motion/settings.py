@@ -23,6 +23,11 @@ class Settings:
 
     Per-axis values have one entry per spatial axis; ``max_deviation_rigid`` is broadcast to
     all axes. ``params`` is the motion group as a plain dict (saved with results).
+
+    ``pw_rigid`` is the mode that runs now (a bool). ``pw_rigid_requested`` is what was asked
+    for: True, False or ``"auto"``; with ``"auto"``, ``pw_rigid`` starts False and
+    :func:`somascope.motion.correct` switches it after measuring the movie, unless
+    ``auto_unavailable`` says why piecewise-rigid correction cannot run on these frames.
     """
 
     dims: tuple[int, ...]
@@ -38,6 +43,8 @@ class Settings:
     gSig_filt: tuple[float, ...] | None
     smooth_shifts: float | None
     params: dict[str, Any]
+    pw_rigid_requested: bool | str = False
+    auto_unavailable: str | None = None
 
     @property
     def ndim(self) -> int:
@@ -113,25 +120,34 @@ def resolve(params: Any, overrides: Mapping[str, Any], dims: Sequence[int]) -> S
     strides = tuple(int(s) for s in _per_axis("strides", group.strides, ndim, dims))
     overlaps = tuple(int(o) for o in _per_axis("overlaps", group.overlaps, ndim, dims))
     dev = (int(group.max_deviation_rigid),) * ndim
-    if group.pw_rigid:
+    auto = group.pw_rigid == "auto"
+    unavailable = None
+    if group.pw_rigid:  # True or "auto"
         patch = tuple(s + o for s, o in zip(strides, overlaps))
+        problem = None
         if any(p > d for p, d in zip(patch, dims)):
-            raise ParameterError(
+            problem = ParameterError(
                 f"the frame {dims} is smaller than one piecewise-rigid patch (strides + overlaps = {patch} px); "
                 f"lower motion.strides / motion.overlaps so that strides + overlaps ≤ {dims}, or use rigid "
                 "correction (pw_rigid=False).")
-        try:
-            check_max_shifts(patch, dev, "patch")
-        except ValueError as exc:
-            raise ParameterError(f"motion.max_deviation_rigid={group.max_deviation_rigid}: {exc}") from None
+            unavailable = f"the frame {dims} is smaller than one patch (strides + overlaps = {patch} px)"
+        else:
+            try:
+                check_max_shifts(patch, dev, "patch")
+            except ValueError as exc:
+                problem = ParameterError(f"motion.max_deviation_rigid={group.max_deviation_rigid}: {exc}")
+                unavailable = f"motion.max_deviation_rigid={group.max_deviation_rigid} is too large for a patch"
+        if problem is not None and not auto:
+            raise problem from None
     gsig = None
     if group.gSig_filt is not None:
         gsig = tuple(float(g) for g in _per_axis("gSig_filt", group.gSig_filt, ndim, dims))
     smooth = float(group.smooth_shifts) if group.smooth_shifts else None
     plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(group).items()}
     return Settings(
-        dims=dims, pw_rigid=bool(group.pw_rigid), max_shifts=max_shifts, strides=strides, overlaps=overlaps,
+        dims=dims, pw_rigid=group.pw_rigid is True, max_shifts=max_shifts, strides=strides, overlaps=overlaps,
         max_deviation_rigid=dev, upsample_factor=int(group.upsample_factor), niter_rig=int(group.niter_rig),
         chunk_frames=int(group.chunk_frames), border_mode=str(group.border_mode), gSig_filt=gsig,
-        smooth_shifts=smooth, params=plain,
+        smooth_shifts=smooth, params=plain, pw_rigid_requested=group.pw_rigid,
+        auto_unavailable=unavailable if auto else None,
     )

@@ -116,6 +116,13 @@ def run_motion(ctx: Any, folder: Path) -> Outcome:
     mc.save(folder / "result")
     m = mc.metrics
     kind = "piecewise-rigid" if mc.pw_rigid else "rigid"
+    model = m.get("motion_model") or {}
+    if model.get("requested") == "auto":
+        if model.get("residual_px") is not None:
+            kind += (f" (auto: nonrigid residual {model['residual_px']:.2f} px "
+                     f"{'>' if mc.pw_rigid else '≤'} {model['threshold_px']:g} px)")
+        else:
+            kind += " (auto: " + str(model.get("reason", "")).removeprefix("auto: rigid, because ") + ")"
     largest = float(np.abs(mc.shifts).max()) if mc.shifts.size else 0.0
     detail = (f"{kind}, largest shift {largest:.1f} px, crispness {m.get('crispness_raw', float('nan')):.3g} → "
               f"{m.get('crispness_corrected', float('nan')):.3g}")

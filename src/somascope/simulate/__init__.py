@@ -3,7 +3,10 @@
 :func:`two_photon`, :func:`one_photon` and :func:`volumetric` return a :class:`Simulation`
 (movie + footprints ``A``, traces ``C``/``S``, background ``b``/``f``, true motion, noise
 level); :func:`sessions` simulates several sessions of one field of view with known
-deformations and cell identities (:func:`identity_matches`). Every random ingredient is
+deformations and cell identities (:func:`identity_matches`). ``two_photon(preset="hard")``
+is a dense, dim, cluttered family calibrated on an independent simulator
+(:mod:`~somascope.simulate.hard`); :func:`write_ground_truth_folder` writes a simulation in
+the ``dev_sim`` layout (``movie.tif`` uint16 + ``gt.npz``). Every random ingredient is
 drawn from its own stream of ``seed``, so one seed always gives the same movie, in memory or
 written out of core to a :class:`somascope.store.Store`.
 """
@@ -11,7 +14,9 @@ written out of core to a :class:`somascope.store.Store`.
 from __future__ import annotations
 
 from .generators import one_photon, two_photon, volumetric
+from .groundtruth import write_ground_truth_folder
 from .result import Simulation, describe, identity_matches
 from .sessions import sessions
 
-__all__ = ["Simulation", "describe", "identity_matches", "one_photon", "sessions", "two_photon", "volumetric"]
+__all__ = ["Simulation", "describe", "identity_matches", "one_photon", "sessions", "two_photon", "volumetric",
+           "write_ground_truth_folder"]

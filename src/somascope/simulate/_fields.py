@@ -20,6 +20,7 @@ DYNAMICS = 5  # (seed, DYNAMICS, session): background time courses
 MOTION = 6  # (seed, MOTION, session): within-session motion
 NOISE = 7  # (seed, NOISE, session, t): detector noise of frame t
 SESSIONS = 8  # (seed, SESSIONS, session): deformation and active subset of a session
+NEUROPIL = 9  # (seed, NEUROPIL, 0): vessels, neuropil fields and blobs; (seed, NEUROPIL, 1): their activity
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:

@@ -69,15 +69,19 @@ def soma_patch(
     nucleus_radius: float,
     nucleus_level: float,
     psf_sigma: np.ndarray,
+    edge: float = EDGE,
+    shape_power: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A soma rendered on a local patch: ``(origin, image)`` with ``origin`` the patch's
     first pixel (may lie outside the field of view). The ellipse (ellipsoid) has
     ``semi_axes`` (px, per axis), rotated by ``angle`` (rad) in the last two axes; a ring
-    soma is dimmer (``nucleus_level``) inside ``nucleus_radius`` (fraction of the radius)."""
+    soma is dimmer (``nucleus_level``) inside ``nucleus_radius`` (fraction of the radius).
+    The profile is a plateau with a logistic edge of softness ``edge`` (radii), or with
+    ``shape_power`` p a generalised Gaussian ``exp(-ρ^p)`` (p = 2 Gaussian, larger p flatter)."""
     in_plane = semi_axes[-2:].max()
     reach = semi_axes.copy()
     reach[-2:] = in_plane
-    half = np.ceil(reach * (1.0 + 4 * EDGE) + 3.0 * psf_sigma + 1.0).astype(int)
+    half = np.ceil(reach * (1.0 + 4 * edge) * (1.0 if shape_power is None else 1.5) + 3.0 * psf_sigma + 1.0).astype(int)
     origin = np.floor(center).astype(int) - half
     axes = [np.arange(o, o + 2 * h + 1) - c for o, h, c in zip(origin, half, center)]
     grids = np.meshgrid(*axes, indexing="ij", sparse=True)
@@ -88,9 +92,9 @@ def soma_patch(
     for g, a in zip(grids[:-2], semi_axes[:-2]):
         rho2 = rho2 + (g / a) ** 2
     rho = np.sqrt(rho2)
-    image = expit((1.0 - rho) / EDGE)
+    image = expit((1.0 - rho) / edge) if shape_power is None else np.exp(-rho**shape_power)
     if ring:
-        image = image * (1.0 - (1.0 - nucleus_level) * expit((nucleus_radius - rho) / EDGE))
+        image = image * (1.0 - (1.0 - nucleus_level) * expit((nucleus_radius - rho) / edge))
     return origin, ndimage.gaussian_filter(image, psf_sigma, mode="constant")
 
 

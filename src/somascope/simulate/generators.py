@@ -212,6 +212,7 @@ def two_photon(
     chunk_frames: int | None = None,
     n_threads: int | None = None,
     progress: bool = False,
+    preset: str | None = None,
 ) -> Simulation:
     """Simulate a two-photon movie ``T×H×W`` with ground truth.
 
@@ -246,8 +247,27 @@ def two_photon(
     (generated in chunks of ``chunk_frames``, peak memory ≈ the movie). The same ``seed``
     gives the same movie either way, whatever ``chunk_frames`` and ``n_threads``.
     ``vignette_strength`` darkens the corners by that fraction (off for two-photon).
+
+    ``preset="hard"`` switches to the hard family (:mod:`somascope.simulate.hard`): a movie
+    in photons, dense and dim, calibrated on an independent simulator. Only ``dims``,
+    ``n_frames``, ``frame_rate``, ``decay_time`` (typical per-cell decay, s),
+    ``neuron_radius`` (px; the number of cells follows from it), ``motion`` (rigid drift
+    with jumps; ``"nonrigid"`` adds a smooth warp of ``nonrigid_amplitude`` px, default 2.5),
+    ``seed``, ``out`` and the rendering options (``interp_order``, ``overwrite``,
+    ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
+    ``preset=None`` or ``"easy"`` is the model above.
     """
-    return simulate(dict(locals()), "two_photon")
+    p = dict(locals())
+    preset = p.pop("preset")
+    if preset == "hard":
+        from .hard import simulate_hard
+
+        keys = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
+                "nonrigid_amplitude", "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
+        return simulate_hard(**{k: p[k] for k in keys})
+    if preset not in (None, "easy"):
+        raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
+    return simulate(p, "two_photon")
 
 
 def one_photon(

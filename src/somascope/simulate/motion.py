@@ -63,6 +63,32 @@ def rigid_path(
     return path.T.astype(np.float32)
 
 
+def jumpy_path(
+    rng: np.random.Generator,
+    n_frames: int,
+    frame_rate: float,
+    std: float,
+    jump_rate: float,
+    jump_amplitude: float,
+    relax_time: float = DRIFT_TIME,
+) -> np.ndarray:
+    """Rigid displacements ``(T, 2)`` float32, px: a slow drift with standard deviation
+    ``std`` px per axis (plus 10 % fast jitter) and sudden jumps — onsets a Poisson process
+    of ``jump_rate`` Hz, each a step of ``jump_amplitude`` px in a random direction, reached
+    within ~2 frames and relaxing back exponentially over ``relax_time`` s."""
+    drift = smooth_series(rng, n_frames, DRIFT_TIME * frame_rate, size=2)
+    jitter = smooth_series(rng, n_frames, max(JITTER_TIME * frame_rate, 0.5), size=2)
+    path = std * (drift + 0.1 * jitter)
+    onsets = np.flatnonzero(rng.random(n_frames) < jump_rate / frame_rate)
+    angles = rng.uniform(0.0, 2 * np.pi, onsets.size)
+    lag = np.arange(n_frames)
+    kernel = np.exp(-lag / (relax_time * frame_rate)) * (1.0 - np.exp(-(lag + 1.0)))
+    for t0, angle in zip(onsets, angles):
+        step = jump_amplitude * np.array([np.sin(angle), np.cos(angle)])[:, None]
+        path[:, t0:] += step * kernel[: n_frames - t0]
+    return path.T.astype(np.float32)
+
+
 def make_motion(
     rng: np.random.Generator,
     dims: Sequence[int],
@@ -71,8 +97,10 @@ def make_motion(
     kind: str,
     max_shift: np.ndarray,
     nonrigid_amplitude: np.ndarray,
+    rigid: np.ndarray | None = None,
 ) -> MotionModel:
-    """Motion model of ``kind`` ``"rigid"`` or ``"nonrigid"``.
+    """Motion model of ``kind`` ``"rigid"`` or ``"nonrigid"``; the rigid part is
+    ``rigid`` (``(T, ndim)`` px) when given, else a :func:`rigid_path` up to ``max_shift``.
 
     The non-rigid part is a sum of :data:`N_MODES` smooth random vector fields (spatial
     scale a third of the field of view) with smooth time courses, scaled so that its largest
@@ -80,7 +108,8 @@ def make_motion(
     ``nonrigid_amplitude[a]`` px.
     """
     dims = tuple(int(d) for d in dims)
-    rigid = rigid_path(rng, n_frames, frame_rate, max_shift)
+    if rigid is None:
+        rigid = rigid_path(rng, n_frames, frame_rate, max_shift)
     if kind == "rigid":
         return MotionModel(dims, rigid)
     ndim = len(dims)

@@ -32,7 +32,8 @@ class Simulation:
     spike_counts : ``K × T`` int16 spikes per frame.
     b : ``pixels × nb`` float32 background components, each with maximum 1.
     f : ``nb × T`` float64 background time courses in movie units.
-    background_kind : ``nb`` labels: ``"neuropil"`` (2-photon), ``"haze"`` (1-photon) or
+    background_kind : ``nb`` labels: ``"neuropil"`` (2-photon), ``"haze"`` (1-photon),
+        ``"blob"`` (an out-of-focus neuropil blob with its own activity, hard preset) or
         ``"resting"`` (resting fluorescence of all cells, ``A·rest`` scaled, bleaching only).
     dims, frame_rate (Hz), decay_time (s, nominal; per cell in ``g``), g : ``K × p`` AR coefficients.
     kind : ``K`` labels ``"soma"`` or ``"process"``; ring : ``K`` bool, soma with nuclear exclusion.
@@ -49,6 +50,9 @@ class Simulation:
     session_displacement : ``(ndim, *dims)`` true deformation of this session relative to
         session 0 in the motion convention (``session(p) ≈ session0(p - D(p))``), or None.
     seed, params : what made it (``params`` holds the arguments).
+    extra : further ground truth of a preset (``preset="hard"``: ``radius``, ``tau``, ``F0``,
+        ``snr``, ``snr_spike``, ``b0``, ``adu_gain``, ``adu_offset``; see
+        :func:`~somascope.simulate.hard.simulate_hard`); empty otherwise.
     """
 
     movie: Any
@@ -83,6 +87,7 @@ class Simulation:
     session: int = 0
     session_displacement: np.ndarray | None = None
     motion: MotionModel | None = field(default=None)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_frames(self) -> int:

@@ -37,14 +37,15 @@ def spike_counts(
     rates: np.ndarray,
     n_frames: int,
     frame_rate: float,
-    burst_rate: float,
+    burst_rate: float | np.ndarray,
     burst_size: float = 4.0,
     burst_duration: float = 0.15,
 ) -> np.ndarray:
     """Spike counts per frame, ``K × T`` int16.
 
     Each cell with ``rates[k] > 0`` fires as a Poisson process of ``rates[k]`` Hz plus bursts:
-    burst onsets are a Poisson process of ``burst_rate`` Hz, each burst adding
+    burst onsets are a Poisson process of ``burst_rate`` Hz (one for all cells, or ``(K,)``
+    per cell, 0 for cells that never burst), each burst adding
     ``2 + Poisson(burst_size - 2)`` spikes spread uniformly over ``burst_duration`` s.
     Cells with rate 0 are silent (no bursts either).
     """
@@ -54,8 +55,10 @@ def spike_counts(
         if rate > 0:
             counts[k] = rng.poisson(rate / frame_rate, n_frames)
     firing = np.flatnonzero(rates > 0)
-    if burst_rate > 0 and firing.size:
-        n_bursts = rng.poisson(burst_rate * n_frames / frame_rate, firing.size)
+    per_cell = np.ndim(burst_rate) > 0
+    if (np.any(np.asarray(burst_rate) > 0) if per_cell else burst_rate > 0) and firing.size:
+        lam = (np.asarray(burst_rate, dtype=float)[firing] if per_cell else burst_rate) * n_frames / frame_rate
+        n_bursts = rng.poisson(lam, firing.size)
         cells = np.repeat(firing, n_bursts)
         onsets = rng.integers(0, n_frames, cells.size)
         sizes = 2 + rng.poisson(max(burst_size - 2.0, 0.0), cells.size)

@@ -1,0 +1,109 @@
+"""Detection accuracy of ``somascope run`` at default parameters, across movies with ground truth.
+
+Each movie is a folder in the ``dev_sim`` layout (``movie.tif`` + ``gt.npz``): the independent
+simulator's ``../shared/data/dev_sim/dev_2p`` and members of the hard family
+(``benchmarks/make_hard_family.py``, which writes ``family.json``). Every movie is run as a user
+would: ``somascope run movie.tif --fr F --radius R`` and ``--decay-time D`` only for slow
+indicators (D ≥ :data:`SLOW_DECAY` s), nothing else; then scored by the dev_sim rule
+(``benchmarks/score_gt.py``). Prints one row per movie and the medians.
+
+    .venv/bin/python benchmarks/make_hard_family.py /tmp/family --n 8
+    .venv/bin/python benchmarks/bench_accuracy.py --family /tmp/family --dev --work /tmp/acc
+
+Options: ``--set KEY=VALUE`` (repeatable) passes parameters to every run, to compare a variant
+with the defaults; ``--keep`` reuses finished run folders in ``--work``; ``--json`` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from score_gt import format_scores, score_run  # noqa: E402
+
+#: Decay time (s) from which a user names the indicator's decay (GCaMP6s-like) on the command line.
+SLOW_DECAY = 1.0
+DEV_2P = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_sim" / "dev_2p"
+
+
+def movies(family: Path | None, dev: bool) -> list[dict[str, Any]]:
+    """The movies to run: ``name``, ``folder``, ``fr``, ``radius``, ``decay`` (s; None: not known
+    to the user, the run gets no ``--decay-time``)."""
+    out = []
+    if dev:
+        gt = np.load(DEV_2P / "gt.npz", allow_pickle=True)
+        p = json.loads(str(gt["params"]))
+        # run as the issue's user does: --fr and --radius only (decay 0.4–1.5 s, GCaMP6f-like)
+        out.append({"name": "dev_2p", "folder": DEV_2P, "fr": p["fs"], "radius": p["radius"], "decay": None})
+    if family is not None:
+        for m in json.loads((family / "family.json").read_text())["members"]:
+            out.append({"name": m["name"], "folder": family / m["name"], "fr": m["fr"], "radius": m["radius"],
+                        "decay": m["decay"], "motion": m.get("motion")})
+    return out
+
+
+def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool) -> dict[str, Any]:
+    """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` of the run."""
+    out = work / movie["name"]
+    cmd = [str(Path(sys.executable).with_name("somascope")), "run", str(movie["folder"] / "movie.tif"),
+           "--out", str(out), "--fr", str(movie["fr"]), "--radius", str(movie["radius"]), "-q"]
+    if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY:
+        cmd += ["--decay-time", str(movie["decay"])]
+    for s in sets:
+        cmd += ["--set", s]
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t0
+    return {"name": movie["name"], "seconds": seconds, **score_run(out, movie["folder"] / "gt.npz")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", type=Path, help="folder written by make_hard_family.py")
+    ap.add_argument("--dev", action="store_true", help="also run ../shared/data/dev_sim/dev_2p")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/somascope-accuracy"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--keep", action="store_true", help="reuse finished stages in --work")
+    ap.add_argument("--only", nargs="*", help="names of the movies to run")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args(argv)
+    todo = movies(args.family, args.dev)
+    if args.only:
+        todo = [m for m in todo if m["name"] in args.only]
+    if not todo:
+        ap.error("nothing to run: give --family and/or --dev")
+    rows = []
+    for m in todo:
+        row = run_one(m, args.work, args.set, args.keep)
+        row.update(fr=m["fr"], radius=m["radius"], decay=m["decay"])
+        rows.append(row)
+        decay = "-" if m["decay"] is None else f"{m['decay']:.2f}"
+        print(f"{m['name']:8s} r {m['radius']:4.1f} fr {m['fr']:4.1f} decay {decay:4s} "
+              f"{row['seconds']:5.0f} s  {format_scores(row)}", flush=True)
+    f1 = [r["f1"] for r in rows]
+    bins = np.array([r["recall_by_snr"] for r in rows], float)
+    with np.errstate(all="ignore"):
+        pooled = np.nanmean(bins, axis=0)
+    print(f"median F1 {np.median(f1):.3f} (min {np.min(f1):.3f}), median P {np.median([r['precision'] for r in rows]):.3f}"
+          f", median R {np.median([r['recall'] for r in rows]):.3f}, median trace r "
+          f"{np.nanmedian([r['trace_r'] for r in rows]):.3f}; mean recall by SNR bin "
+          + " ".join(f"{v:.2f}" for v in pooled))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

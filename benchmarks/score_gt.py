@@ -1,0 +1,99 @@
+"""Score a ``somascope run`` folder against a ``gt.npz`` ground truth in the ``dev_sim`` layout.
+
+The rule is the one in ``../shared/data/dev_sim/README.md``: footprints binarised at 0.2 × their
+max, largest connected piece, Jaccard distance, Hungarian assignment, pairs with distance > 0.7
+unmatched; targets are the active somata (``is_soma & is_active``); precision over the
+*accepted* components. The run's frame is aligned to the truth's motion-free mean image
+(``mean_clean``) by one sub-pixel offset before matching.
+
+    .venv/bin/python benchmarks/score_gt.py RUN_DIR GT.npz      # prints one line of figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SNR_BINS = ((0.0, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, np.inf))
+
+
+def score_estimates(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]:
+    """Figures of ``est`` (an ``Estimates``; accepted components scored) against ``gt`` (a
+    mapping with ``A`` (N, H, W), ``C``, ``is_soma``, ``is_active``, ``snr``, ``mean_clean``).
+
+    Returns ``f1``, ``precision``, ``recall``, ``n_true``, ``n_est``, ``f1_snr4``,
+    ``f1_snr8`` (targets restricted to ``snr`` > 4 / > 8, precision unchanged), ``recall_by_snr``
+    (one recall per ``SNR_BINS`` bin, NaN where empty), ``trace_r`` (median Pearson r of matched
+    ``C``), ``recall_all`` (every component before the quality tests) and ``offset`` (px).
+    """
+    from peers.suite2p_peer import estimate_offset, shift_footprints
+
+    from somascope.metrics import match_footprints, trace_correlation
+
+    A_gt = np.asarray(gt["A"], np.float32)
+    N, H, W = A_gt.shape
+    target = np.flatnonzero(np.asarray(gt["is_soma"], bool) & np.asarray(gt["is_active"], bool))
+    snr = np.asarray(gt["snr"], float)[target]
+    offset = estimate_offset(mean_image, np.asarray(gt["mean_clean"], np.float32))
+    A_true = shift_footprints(A_gt[target].reshape(target.size, -1).T, (H, W), offset)
+    rule = dict(binarise_frac=0.2, largest_piece=True)
+    acc = est.accepted_indices
+    m = match_footprints(A_true, est.A[:, acc], (H, W), **rule)
+    m_all = match_footprints(A_true, est.A, (H, W), **rule)
+    hit = np.zeros(target.size, bool)
+    hit[m.ref_idx] = True
+    out: dict[str, Any] = {"f1": m.f1, "precision": m.precision, "recall": m.recall, "n_true": m.n_ref,
+                           "n_est": m.n_est, "n_all": est.K, "recall_all": m_all.recall,
+                           "offset": np.round(offset, 2).tolist()}
+    for lo in (4, 8):
+        sel = snr > lo
+        tp = int(hit[sel].sum())
+        r = tp / max(int(sel.sum()), 1)
+        p = m.precision
+        out[f"f1_snr{lo}"] = 2 * p * r / (p + r) if p + r else 0.0
+    out["recall_by_snr"] = [float(hit[(snr >= a) & (snr < b)].mean()) if ((snr >= a) & (snr < b)).any()
+                            else float("nan") for a, b in SNR_BINS]
+    if m.tp:
+        r = trace_correlation(np.asarray(gt["C"], float)[target], np.asarray(est.C, float)[acc], m)
+        out["trace_r"] = float(np.median(r))
+    else:
+        out["trace_r"] = float("nan")
+    return out
+
+
+def score_run(run_dir: str | Path, gt_path: str | Path) -> dict[str, Any]:
+    """:func:`score_estimates` of a ``somascope run`` folder's ``results.h5``."""
+    from somascope.pipeline import load_results
+
+    res = load_results(Path(run_dir) / "results.h5")
+    mean = res.summary.get("mean")
+    if mean is None:
+        mean = res.motion["mean_image"]
+    return score_estimates(res.estimates, mean, np.load(gt_path, allow_pickle=True))
+
+
+def format_scores(s: dict[str, Any]) -> str:
+    """One line: F1, P, R, F1 at SNR > 4 / > 8, recall by SNR bin, trace r."""
+    bins = " ".join("-" if np.isnan(v) else f"{v:.2f}" for v in s["recall_by_snr"])
+    return (f"F1 {s['f1']:.3f}  P {s['precision']:.3f}  R {s['recall']:.3f}  "
+            f"F1>4 {s['f1_snr4']:.3f}  F1>8 {s['f1_snr8']:.3f}  n {s['n_est']}/{s['n_all']} "
+            f"(true {s['n_true']})  R(all) {s['recall_all']:.2f}  R by SNR [{bins}]  r {s['trace_r']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir")
+    ap.add_argument("gt")
+    args = ap.parse_args(argv)
+    print(format_scores(score_run(args.run_dir, args.gt)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
