@@ -11,7 +11,9 @@ indicators (D ≥ :data:`SLOW_DECAY` s), nothing else; then scored by the dev_si
     .venv/bin/python benchmarks/bench_accuracy.py --family /tmp/family --dev --work /tmp/acc
 
 Options: ``--set KEY=VALUE`` (repeatable) passes parameters to every run, to compare a variant
-with the defaults; ``--keep`` reuses finished run folders in ``--work``; ``--json`` writes the rows.
+with the defaults; ``--keep`` reuses finished run folders in ``--work``; ``--json`` writes the rows;
+``--suite2p`` runs suite2p beside (its defaults + ``fs``, ``diameter`` and ``tau`` as a user gives
+them; from its own venv, see ``benchmarks/peers/README.md``) and scores it the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_gt import format_scores, score_run  # noqa: E402
+from score_gt import format_scores, score_footprints, score_run  # noqa: E402
 
 #: Decay time (s) from which a user names the indicator's decay (GCaMP6s-like) on the command line.
 SLOW_DECAY = 1.0
@@ -69,6 +71,23 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool) -> d
     return {"name": movie["name"], "seconds": seconds, **score_run(out, movie["folder"] / "gt.npz")}
 
 
+def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
+    """suite2p (peer venv, defaults + ``fs``, ``diameter`` = 2·radius, ``tau``) on one movie,
+    scored the same way (its classifier's cells are its accepted components); None when the
+    peer is not installed. A finished run in ``work/<name>-suite2p`` is reused."""
+    from peers.suite2p_peer import run_suite2p
+
+    out = work / f"{movie['name']}-suite2p"
+    tau = movie["decay"] if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY else 0.4
+    res = run_suite2p(movie["folder"] / "movie.tif", out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
+                      timeout=3600)
+    if res is None:
+        return None
+    gt = np.load(movie["folder"] / "gt.npz", allow_pickle=True)
+    row = score_footprints(res["A"], np.flatnonzero(res["iscell"]), res["mean_image"], gt)
+    return {"name": movie["name"] + " s2p", "seconds": res["seconds"], **row}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", type=Path, help="folder written by make_hard_family.py")
@@ -78,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse finished stages in --work")
     ap.add_argument("--only", nargs="*", help="names of the movies to run")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--suite2p", action="store_true", help="also run suite2p (benchmarks/peers) on every movie")
     args = ap.parse_args(argv)
     todo = movies(args.family, args.dev)
     if args.only:
@@ -92,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         decay = "-" if m["decay"] is None else f"{m['decay']:.2f}"
         print(f"{m['name']:8s} r {m['radius']:4.1f} fr {m['fr']:4.1f} decay {decay:4s} "
               f"{row['seconds']:5.0f} s  {format_scores(row)}", flush=True)
+        if args.suite2p:
+            peer = run_suite2p_on(m, args.work)
+            if peer is not None:
+                row["suite2p"] = peer
+                print(f"{'  suite2p':35s} {peer['seconds']:5.0f} s  {format_scores(peer)}", flush=True)
     f1 = [r["f1"] for r in rows]
     bins = np.array([r["recall_by_snr"] for r in rows], float)
     with np.errstate(all="ignore"):
@@ -100,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
           f", median R {np.median([r['recall'] for r in rows]):.3f}, median trace r "
           f"{np.nanmedian([r['trace_r'] for r in rows]):.3f}; mean recall by SNR bin "
           + " ".join(f"{v:.2f}" for v in pooled))
+    peers = [r["suite2p"] for r in rows if "suite2p" in r]
+    if peers:
+        print(f"suite2p: median F1 {np.median([r['f1'] for r in peers]):.3f} (min {np.min([r['f1'] for r in peers]):.3f}), "
+              f"median P {np.median([r['precision'] for r in peers]):.3f}, median R "
+              f"{np.median([r['recall'] for r in peers]):.3f}; somascope / suite2p wall time "
+              f"{np.sum([r['seconds'] for r in rows if 'suite2p' in r]) / np.sum([r['seconds'] for r in peers]):.2f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     return 0

@@ -24,13 +24,22 @@ SNR_BINS = ((0.0, 3.0), (3.0, 6.0), (6.0, 10.0), (10.0, 20.0), (20.0, np.inf))
 
 
 def score_estimates(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]:
-    """Figures of ``est`` (an ``Estimates``; accepted components scored) against ``gt`` (a
-    mapping with ``A`` (N, H, W), ``C``, ``is_soma``, ``is_active``, ``snr``, ``mean_clean``).
+    """:func:`score_footprints` of an ``Estimates`` (its accepted components scored)."""
+    acc = est.accepted_indices
+    return score_footprints(est.A, acc, mean_image, gt, C=est.C)
+
+
+def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: Any,
+                     C: np.ndarray | None = None) -> dict[str, Any]:
+    """Figures of footprints ``A`` (``pixels × K``; columns ``accepted`` are the tool's cells)
+    against ``gt`` (a mapping with ``A`` (N, H, W), ``C``, ``is_soma``, ``is_active``, ``snr``,
+    ``mean_clean``); ``mean_image`` is the tool's mean image, which fixes its frame's offset.
 
     Returns ``f1``, ``precision``, ``recall``, ``n_true``, ``n_est``, ``f1_snr4``,
     ``f1_snr8`` (targets restricted to ``snr`` > 4 / > 8, precision unchanged), ``recall_by_snr``
     (one recall per ``SNR_BINS`` bin, NaN where empty), ``trace_r`` (median Pearson r of matched
-    ``C``), ``recall_all`` (every component before the quality tests) and ``offset`` (px).
+    traces ``C``, ``K × T``; NaN without them), ``recall_all`` (every component, before the
+    tool's own selection) and ``offset`` (px).
     """
     from peers.suite2p_peer import estimate_offset, shift_footprints
 
@@ -43,13 +52,13 @@ def score_estimates(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]
     offset = estimate_offset(mean_image, np.asarray(gt["mean_clean"], np.float32))
     A_true = shift_footprints(A_gt[target].reshape(target.size, -1).T, (H, W), offset)
     rule = dict(binarise_frac=0.2, largest_piece=True)
-    acc = est.accepted_indices
-    m = match_footprints(A_true, est.A[:, acc], (H, W), **rule)
-    m_all = match_footprints(A_true, est.A, (H, W), **rule)
+    acc = np.asarray(accepted, np.int64)
+    m = match_footprints(A_true, A[:, acc], (H, W), **rule)
+    m_all = match_footprints(A_true, A, (H, W), **rule)
     hit = np.zeros(target.size, bool)
     hit[m.ref_idx] = True
     out: dict[str, Any] = {"f1": m.f1, "precision": m.precision, "recall": m.recall, "n_true": m.n_ref,
-                           "n_est": m.n_est, "n_all": est.K, "recall_all": m_all.recall,
+                           "n_est": m.n_est, "n_all": A.shape[1], "recall_all": m_all.recall,
                            "offset": np.round(offset, 2).tolist()}
     for lo in (4, 8):
         sel = snr > lo
@@ -59,11 +68,10 @@ def score_estimates(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]
         out[f"f1_snr{lo}"] = 2 * p * r / (p + r) if p + r else 0.0
     out["recall_by_snr"] = [float(hit[(snr >= a) & (snr < b)].mean()) if ((snr >= a) & (snr < b)).any()
                             else float("nan") for a, b in SNR_BINS]
-    if m.tp:
-        r = trace_correlation(np.asarray(gt["C"], float)[target], np.asarray(est.C, float)[acc], m)
+    out["trace_r"] = float("nan")
+    if m.tp and C is not None:
+        r = trace_correlation(np.asarray(gt["C"], float)[target], np.asarray(C, float)[acc], m)
         out["trace_r"] = float(np.median(r))
-    else:
-        out["trace_r"] = float("nan")
     return out
 
 

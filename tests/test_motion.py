@@ -364,8 +364,8 @@ def test_explicit_pw_rigid_is_honoured_without_measuring(nonrigid_sim, tmp_path)
 
 
 def test_auto_falls_back_to_rigid_when_frames_are_smaller_than_a_patch():
-    movie = np.random.default_rng(0).random((30, 40, 40), dtype=np.float32)
-    res = motion.correct(movie, progress=False, max_shifts=(3, 3))  # default patches: 72 px > 40 px
+    movie = np.random.default_rng(0).random((30, 30, 30), dtype=np.float32)
+    res = motion.correct(movie, progress=False, max_shifts=(3, 3))  # default patches: 36 px > 30 px
     assert not res.pw_rigid and "smaller than one patch" in res.metrics["motion_model"]["reason"]
     with pytest.raises(ParameterError):
         motion.correct(movie, progress=False, max_shifts=(3, 3), pw_rigid=True)

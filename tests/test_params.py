@@ -33,7 +33,7 @@ def test_static_defaults_are_the_rules_at_the_default_neuron():
     assert plain == Params.from_neuron(radius_px=5, fr=30, decay_time=0.4)
     # the motion defaults other engineers code against
     m = plain.motion
-    assert (m.pw_rigid, m.max_shifts, m.strides, m.overlaps) == ("auto", (6, 6), (48, 48), (24, 24))
+    assert (m.pw_rigid, m.max_shifts, m.strides, m.overlaps) == ("auto", (6, 6), (24, 24), (12, 12))
     assert (m.max_deviation_rigid, m.upsample_factor, m.upsample_factor_grid) == (3, 10, 4)
     assert (m.niter_rig, m.chunk_frames, m.border_mode, m.gSig_filt, m.is3D) == (
         1, 200, "copy", None, False)
@@ -54,8 +54,8 @@ def test_derived_defaults_scale_with_neuron_radius():
     assert small.patch.rf == (36, 36) and large.patch.rf == (68, 68)  # 4·gSiz
     assert small.patch.stride == (9, 9) and large.patch.stride == (17, 17)
     assert small.motion.max_shifts == (5, 5) and large.motion.max_shifts == (10, 10)
-    assert small.motion.strides == (40, 40) and large.motion.strides == (80, 80)
-    assert large.motion.overlaps == (40, 40)
+    assert small.motion.strides == (24, 24) and large.motion.strides == (40, 40)
+    assert large.motion.overlaps == (20, 20)
     assert small.init.ssub == 1 and large.init.ssub == 3
     # the number of components per patch follows patch area / neuron area, not the radius
     for p, r in ((small, 4), (large, 8)):
@@ -69,7 +69,7 @@ def test_derived_defaults_scale_with_pixel_size():
     assert coarse.data.neuron_radius == (4.0, 4.0)
     assert fine.data.neuron_radius == (8.0, 8.0)
     assert fine.init.gSig == tuple(2 * g for g in coarse.init.gSig)
-    assert fine.motion.strides == tuple(2 * s for s in coarse.motion.strides)
+    assert all(abs(f - 2 * c) <= 8 for f, c in zip(fine.motion.strides, coarse.motion.strides))  # multiples of 8 px
     # anisotropic pixels: the radius in px differs per axis
     aniso = Params.from_neuron(radius_um=6.0, dxy=(1.0, 0.5))
     assert aniso.init.gSig == (6.0, 12.0)
@@ -100,7 +100,7 @@ def test_given_values_win_over_rules_and_gsig_sets_the_radius():
     assert p.init.gSiz == (9, 9)
     assert p.patch.rf == (25, 25)
     assert p.motion.max_shifts == (10, 10)
-    assert p.motion.strides == (40, 40)  # still derived from the radius
+    assert p.motion.strides == (24, 24)  # still derived from the radius
 
 
 def test_volumes_get_three_axis_values():

@@ -59,8 +59,10 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   model); ``patch.nb_patch = nb`` if ``nb ≤ 0`` else 1; ``init.normalize_init`` = False for
   ``greedy_corr`` else True; ``patch.del_duplicates`` = ``is_1p``;
   ``init.sigma_smooth_snmf = (0.5,) * (ndim + 1)``.
-* ``motion.max_shifts = ceil(1.2·r)``; ``motion.strides`` = ``10·r`` rounded to a multiple
-  of 8 px (at least 8); ``motion.overlaps = strides // 2``;
+* ``motion.max_shifts = ceil(1.2·r)``; ``motion.strides`` = ``5·r`` rounded to a multiple
+  of 8 px (at least 16: piecewise-rigid patches of 48 px for 6 px neurons; with 10·r, warps of
+  2–3 px over ~40 px cost a fifth of the F1 of non-rigid hard movies); ``motion.overlaps =
+  strides // 2``;
   ``motion.max_deviation_rigid = ceil(max(r) / 2)``; ``motion.gSig_filt = gSig`` for 1p
   (high-pass before registration), else None; ``motion.is3D = (ndim == 3)``.
 * ``quality.N_samples_exceptionality = ceil(fr·decay_time)`` (frames in the SNR window).
@@ -349,8 +351,8 @@ class MotionParams(_Group):
 
     pw_rigid: bool | str = "auto"
     max_shifts: tuple[int, ...] = (6, 6)
-    strides: tuple[int, ...] = (48, 48)
-    overlaps: tuple[int, ...] = (24, 24)
+    strides: tuple[int, ...] = (24, 24)
+    overlaps: tuple[int, ...] = (12, 12)
     max_deviation_rigid: int = 3
     upsample_factor: int = 10
     upsample_factor_grid: int = 4
@@ -954,7 +956,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("init.sigma_smooth_snmf", lambda v, n: (0.5,) * (n + 1)),
     ("patch.del_duplicates", lambda v, n: v["data.is_1p"]),
     ("motion.max_shifts", lambda v, n: tuple(_ceil(1.2 * r) for r in v["data.neuron_radius"])),
-    ("motion.strides", lambda v, n: tuple(max(8, 8 * math.floor(10 * r / 8 + 0.5))
+    ("motion.strides", lambda v, n: tuple(max(16, 8 * math.floor(5 * r / 8 + 0.5))
                                           for r in v["data.neuron_radius"])),
     ("motion.overlaps", lambda v, n: tuple(s // 2 for s in v["motion.strides"])),
     ("motion.max_deviation_rigid", lambda v, n: _ceil(max(v["data.neuron_radius"]) / 2)),
