@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,9 @@ def movies(family: Path | None, dev: bool) -> list[dict[str, Any]]:
     return out
 
 
-def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool) -> dict[str, Any]:
-    """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` of the run."""
+def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src: Path | None = None) -> dict[str, Any]:
+    """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` of the run.
+    ``src``: run the somascope package found there instead (e.g. an older commit's ``src``)."""
     out = work / movie["name"]
     cmd = [str(Path(sys.executable).with_name("somascope")), "run", str(movie["folder"] / "movie.tif"),
            "--out", str(out), "--fr", str(movie["fr"]), "--radius", str(movie["radius"]), "-q"]
@@ -65,8 +67,11 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool) -> d
         cmd += ["--set", s]
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
+    env = None
+    if src is not None:
+        env = {**os.environ, "PYTHONPATH": str(src.resolve())}
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     seconds = time.perf_counter() - t0
     return {"name": movie["name"], "seconds": seconds, **score_run(out, movie["folder"] / "gt.npz")}
 
@@ -97,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse finished stages in --work")
     ap.add_argument("--only", nargs="*", help="names of the movies to run")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--somascope-src", type=Path, help="run the somascope package in this src folder "
+                    "(e.g. `git worktree add /tmp/base COMMIT` → /tmp/base/src) to measure a baseline")
     ap.add_argument("--suite2p", action="store_true", help="also run suite2p (benchmarks/peers) on every movie")
     args = ap.parse_args(argv)
     todo = movies(args.family, args.dev)
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("nothing to run: give --family and/or --dev")
     rows = []
     for m in todo:
-        row = run_one(m, args.work, args.set, args.keep)
+        row = run_one(m, args.work, args.set, args.keep, args.somascope_src)
         row.update(fr=m["fr"], radius=m["radius"], decay=m["decay"])
         rows.append(row)
         decay = "-" if m["decay"] is None else f"{m['decay']:.2f}"
