@@ -84,8 +84,14 @@ def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
 
     out = work / f"{movie['name']}-suite2p"
     tau = movie["decay"] if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY else 0.4
-    res = run_suite2p(movie["folder"] / "movie.tif", out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
-                      timeout=3600)
+    try:
+        res = run_suite2p(movie["folder"] / "movie.tif", out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
+                          timeout=3600)
+    except RuntimeError as err:  # e.g. "no ROIs were found": suite2p finds nothing on this movie
+        reason = str(err).strip().splitlines()[-1]
+        print(f"  suite2p failed on {movie['name']}: {reason}", flush=True)
+        return {"name": movie["name"] + " s2p", "failed": reason, "f1": 0.0, "precision": 0.0, "recall": 0.0,
+                "seconds": float("nan")}
     if res is None:
         return None
     gt = np.load(movie["folder"] / "gt.npz", allow_pickle=True)
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             peer = run_suite2p_on(m, args.work)
             if peer is not None:
                 row["suite2p"] = peer
-                print(f"{'  suite2p':35s} {peer['seconds']:5.0f} s  {format_scores(peer)}", flush=True)
+                if "failed" not in peer:
+                    print(f"{'  suite2p':35s} {peer['seconds']:5.0f} s  {format_scores(peer)}", flush=True)
     f1 = [r["f1"] for r in rows]
     bins = np.array([r["recall_by_snr"] for r in rows], float)
     with np.errstate(all="ignore"):
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite2p: median F1 {np.median([r['f1'] for r in peers]):.3f} (min {np.min([r['f1'] for r in peers]):.3f}), "
               f"median P {np.median([r['precision'] for r in peers]):.3f}, median R "
               f"{np.median([r['recall'] for r in peers]):.3f}; somascope / suite2p wall time "
-              f"{np.sum([r['seconds'] for r in rows if 'suite2p' in r]) / np.sum([r['seconds'] for r in peers]):.2f}")
+              f"{np.nansum([r['seconds'] for r in rows if 'suite2p' in r]) / np.nansum([r['seconds'] for r in peers]):.2f}"
+              f" ({sum('failed' in r for r in peers)} suite2p failures count as F1 0)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     return 0

@@ -34,9 +34,11 @@ def test_defaults_find_the_active_somata_of_a_hard_movie(hard_fit) -> None:
     snr = np.asarray(sim.extra["snr"])[targets]
     found = np.zeros(targets.size, bool)
     found[m.ref_idx] = True
+    # the defaults before the hard family: precision 0.83, F1 0.54 (recall 0.40) on this movie
     assert m.precision >= 0.85
-    assert found[snr >= 8].mean() >= 0.85  # the cells a person sees in the correlation image
-    assert m.f1 >= 0.75
+    assert found[snr >= 6].mean() >= 0.9
+    assert found[snr < 3].sum() <= 1  # below that, nothing tells a cell from noise
+    assert m.f1 >= 0.65  # this seed has 11 of its 25 active somata below SNR 5
     r = trace_correlation(sim.C[targets], est.C[acc], m)
     assert np.median(r) >= 0.9
 

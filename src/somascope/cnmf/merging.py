@@ -1,7 +1,7 @@
 """Merging components that are one neuron (CaImAn paper, eq. 3).
 
-Two components are *linked* when their footprints overlap (share a pixel) and their
-denoised traces ``C`` correlate above ``merge.merge_thr``. Each connected group of linked
+Two components are *linked* when their footprints overlap (their masks at :data:`MASK_FRAC` of
+the peak share a pixel) and their denoised traces ``C`` correlate above ``merge.merge_thr``. Each connected group of linked
 components becomes one component: the rank-1 non-negative factorisation ``a·c`` of the
 group's joint contribution ``Σ_i a_i·(c_i + r_i)`` (footprints times raw traces, ``r`` the
 residual traces ``YrA``), computed by alternating non-negative least squares on the factored
@@ -22,6 +22,11 @@ from .estimates import Estimates
 
 __all__ = ["MergeResult", "find_merge_groups", "merge_components"]
 
+#: Two components overlap when their masks — the pixels at least this fraction of each one's
+#: peak — share a pixel. Their faint tails do not count: in dense tissue every neighbour shares
+#: tail pixels, and neighbours whose traces correlate (shared neuropil, synchronous firing)
+#: would merge into two-cell components.
+MASK_FRAC = 0.2
 #: Alternating updates of the rank-1 factorisation of a group.
 RANK1_ITERATIONS = 30
 #: Pairs of traces correlated per chunk (bounds memory: chunk × T values).
@@ -82,8 +87,9 @@ def find_merge_groups(
         raise ValueError(f"merge threshold {thr} must lie in (0, 1]; use e.g. 0.8.")
     if K < 2:
         return []
-    mask = A.copy()
-    mask.data = (mask.data != 0).astype(np.float64)
+    from somascope.metrics import binarise_footprints
+
+    mask = binarise_footprints(A, frac=MASK_FRAC)
     overlap = sp.triu(mask.T @ mask, k=1).tocoo()
     i, j = overlap.row, overlap.col
     if i.size == 0:
