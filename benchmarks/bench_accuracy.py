@@ -76,16 +76,40 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src:
     return {"name": movie["name"], "seconds": seconds, **score_run(out, movie["folder"] / "gt.npz")}
 
 
+def uncompressed_tiff(movie_tif: Path, folder: Path, chunk: int = 500) -> Path:
+    """``movie_tif`` itself when its pages are uncompressed, else an uncompressed copy in
+    ``folder`` (written frame-chunk by frame-chunk). suite2p 1.1.0 misreads zlib-compressed
+    TIFFs (dev_sim's format): it finds 0–2 ROIs on them and 37 on the same movie uncompressed."""
+    import tifffile
+
+    with tifffile.TiffFile(movie_tif) as tif:
+        if tif.pages[0].compression == 1:
+            return movie_tif
+        n = len(tif.pages)
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "movie.tif"
+        if out.is_file():
+            return out
+        tmp = folder / "movie.tif.part"
+        with tifffile.TiffWriter(tmp, bigtiff=True) as w:
+            for a in range(0, n, chunk):
+                w.write(tif.asarray(key=range(a, min(a + chunk, n))), contiguous=True)
+    tmp.replace(out)
+    return out
+
+
 def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
-    """suite2p (peer venv, defaults + ``fs``, ``diameter`` = 2·radius, ``tau``) on one movie,
-    scored the same way (its classifier's cells are its accepted components); None when the
-    peer is not installed. A finished run in ``work/<name>-suite2p`` is reused."""
+    """suite2p (peer venv, defaults + ``fs``, ``diameter`` = 2·radius, ``tau``) on one movie
+    (an uncompressed copy, :func:`uncompressed_tiff`), scored the same way (its classifier's
+    cells are its accepted components); None when the peer is not installed. A finished run in
+    ``work/<name>-suite2p`` is reused."""
     from peers.suite2p_peer import run_suite2p
 
     out = work / f"{movie['name']}-suite2p"
     tau = movie["decay"] if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY else 0.4
     try:
-        res = run_suite2p(movie["folder"] / "movie.tif", out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
+        tif = uncompressed_tiff(movie["folder"] / "movie.tif", work / f"{movie['name']}-uncompressed")
+        res = run_suite2p(tif, out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
                           timeout=3600)
     except RuntimeError as err:  # e.g. "no ROIs were found": suite2p finds nothing on this movie
         reason = str(err).strip().splitlines()[-1]

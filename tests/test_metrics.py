@@ -234,3 +234,21 @@ def test_bad_input_errors(ten_cells: np.ndarray) -> None:
         match_footprints(A, A, DIMS, binarise_frac=1.5)
     with pytest.raises(ValueError, match="NaN"):
         match_footprints(ten_cells * np.nan, ten_cells)
+
+
+def test_largest_piece_drops_stray_pieces_of_a_mask():
+    dims = (40, 40)
+    yy, xx = np.indices(dims)
+    cell = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 16).astype(float)
+    stray = ((yy - 30) ** 2 + (xx - 30) ** 2 <= 16).astype(float)  # a second, separate piece
+    ref = cell.ravel()[:, None]
+    est = (cell + 0.9 * stray).ravel()[:, None]
+    plain = match_footprints(ref, est, dims, binarise_frac=0.2)
+    largest = match_footprints(ref, est, dims, binarise_frac=0.2, largest_piece=True)
+    assert largest.tp == 1 and largest.distances[0] == 0.0
+    assert plain.tp == 0  # the stray piece halves the overlap and moves the centroid 12.7 px away
+    from somascope.metrics import binarise_footprints
+
+    assert binarise_footprints(est, dims, 0.2, largest_piece=True).sum() == cell.sum()
+    with pytest.raises(ValueError, match="dims"):
+        binarise_footprints(est, None, 0.2, largest_piece=True)

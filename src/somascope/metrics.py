@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Match", "match_footprints", "peak_snr", "trace_correlation"]
+__all__ = ["Match", "binarise_footprints", "match_footprints", "peak_snr", "trace_correlation"]
 
 
 @dataclass(frozen=True)
@@ -228,11 +228,6 @@ def binarise_footprints(A: Any, dims: Sequence[int] | None = None, frac: float =
     return _binarise(M, frac, shape if largest_piece else None)
 
 
-# --------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------
-
-
 def peak_snr(
     A: Any,
     C: np.ndarray,
@@ -278,6 +273,11 @@ def peak_snr(
     # (peak · Σa³/Σa²) / (√(Σa²v) / Σa²) = peak · Σa³ / √(Σa²v)
     out[ok] = np.maximum(peak[ok], 0.0) * sum3[ok] / np.sqrt(noise_var[ok])
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
 
 
 def _as_footprint_matrix(A: Any, dims: Sequence[int] | None, name: str) -> tuple[sp.csc_matrix, tuple[int, ...]]:

@@ -514,7 +514,11 @@ def _quality_section(run: _Run) -> Section | None:
     quality_figure(metrics, accepted, thresholds, run.folder / "quality.png")
     table = [(n, v) for n, v in thresholds.items() if v is not None]
     if q is not None:
-        table.append(("rule", "accepted if any test passes its threshold and none is at or below its lowest value"))
+        shape = [f"mask eccentricity ≤ {q.max_ecc:g}"] if q.use_ecc else []
+        shape += [f"mask area ≤ {q.max_area_ratio:g} neuron areas"] if q.use_area else []
+        table.append(("rule", "accepted if any test passes its threshold and none is at or below its lowest value"
+                      + (f"; and the shape tests: {', '.join(shape)}" if shape else "")
+                      + "; of two accepted components with the same mask, the lower SNR is rejected"))
     return Section("Quality tests", table=table, figures=[(
         "quality.png", "quality metrics of every component, accepted (green) stacked on rejected (red); solid lines: "
                        "thresholds to accept, dashed: lowest values allowed")])
