@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _util import measure  # noqa: E402
 from score_gt import format_scores, score_footprints, score_run  # noqa: E402
 
 #: Decay time (s) from which a user names the indicator's decay (GCaMP6s-like) on the command line.
@@ -56,7 +56,8 @@ def movies(family: Path | None, dev: bool) -> list[dict[str, Any]]:
 
 
 def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src: Path | None = None) -> dict[str, Any]:
-    """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` of the run.
+    """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` and ``peak_gb``
+    (process tree, sampled) of the run.
     ``src``: run the somascope package found there instead (e.g. an older commit's ``src``)."""
     out = work / movie["name"]
     cmd = [str(Path(sys.executable).with_name("somascope")), "run", str(movie["folder"] / "movie.tif"),
@@ -70,10 +71,10 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src:
     env = None
     if src is not None:
         env = {**os.environ, "PYTHONPATH": str(src.resolve())}
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    seconds = time.perf_counter() - t0
-    return {"name": movie["name"], "seconds": seconds, **score_run(out, movie["folder"] / "gt.npz")}
+    with measure() as m:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+    return {"name": movie["name"], "seconds": m["seconds"], "peak_gb": m["peak_gb"],
+            **score_run(out, movie["folder"] / "gt.npz")}
 
 
 def uncompressed_tiff(movie_tif: Path, folder: Path, chunk: int = 500) -> Path:
@@ -120,7 +121,7 @@ def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
         return None
     gt = np.load(movie["folder"] / "gt.npz", allow_pickle=True)
     row = score_footprints(res["A"], np.flatnonzero(res["iscell"]), res["mean_image"], gt)
-    return {"name": movie["name"] + " s2p", "seconds": res["seconds"], **row}
+    return {"name": movie["name"] + " s2p", "seconds": res["seconds"], "peak_gb": res["peak_rss_bytes"] / 2**30, **row}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["suite2p"] = peer
                 if "failed" not in peer:
                     print(f"{'  suite2p':35s} {peer['seconds']:5.0f} s  {format_scores(peer)}", flush=True)
+                    print(f"  time somascope / suite2p {row['seconds'] / peer['seconds']:.2f}, peak memory "
+                          f"{row['peak_gb']:.2f} GB / {peer['peak_gb']:.2f} GB", flush=True)
     f1 = [r["f1"] for r in rows]
     bins = np.array([r["recall_by_snr"] for r in rows], float)
     with np.errstate(all="ignore"):

@@ -172,6 +172,7 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
 def quality_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     p = dotted(ctx.params, ("quality",), exclude=("quality.refit",))
     p["data.dxy"] = list(ctx.params.data.dxy)  # eccentricity
+    p["data.neuron_radius"] = list(ctx.params.data.neuron_radius)  # area test
     return p, {}
 
 
