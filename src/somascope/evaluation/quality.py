@@ -41,11 +41,12 @@ at 5 Hz), above any usual ``min_SNR``; scaled, it stays below 0.6 and 1.4.
 ``c_i`` are found and the frames from ``frames_before`` before to ``frames_after`` after each
 peak are taken (:func:`activity_frames`); frames in which an overlapping component is also
 active are dropped when some remain. Over those frames the data on the footprint's support
-is averaged *with all other activity removed*: the background ``b·f`` and every other
-component's ``a_j c_j`` are subtracted (from their means over the same frames, which is
-exact because the model is linear). The r-value is the Pearson correlation of that image
-with the footprint. A footprint that is really a cell correlates with what the movie shows
-when the cell fires; a footprint fitted to noise does not.
+is averaged, the data's temporal mean is subtracted (what changes when the cell fires, not
+whatever static structure the background model leaves on the footprint) and *all other
+activity is removed*: the change over the same frames of the background ``b·f`` and of every
+other component's ``a_j c_j`` (exact because the model is linear). The r-value is the Pearson
+correlation of that image with the footprint. A footprint that is really a cell correlates
+with what the movie shows when the cell fires; a footprint fitted to noise does not.
 
 **The rule** (:func:`select_components`): a component is accepted when at least one test
 passes its threshold — ``SNR ≥ min_SNR``, ``r ≥ rval_thr`` or (with a classifier) ``cnn ≥
@@ -53,13 +54,15 @@ min_cnn_thr`` — and none falls to or below its lowest value — ``SNR ≤ SNR_
 rval_lowest``, ``cnn ≤ cnn_lowest`` — and, when ``use_ecc``, its eccentricity is at most
 ``max_ecc`` and, when ``use_area``, its area at most ``max_area_ratio`` neuron areas
 (:func:`area_ratio`: out-of-focus neuropil and background pieces are several times larger than
-a soma, and often pass the SNR test). Components with an empty footprint are rejected outright. A component whose
-denoised trace ``c_i`` is flat has no r-value (NaN) and is judged on its SNR alone, which
-comes from the raw trace (as in CaImAn, where its r-value is 0).
+a soma, and often pass the SNR test). Of two accepted components whose masks nearly coincide
+(one cell split in two), the one with the lower SNR is rejected. Components with an empty
+footprint are rejected outright. A component whose denoised trace ``c_i`` is flat has no
+r-value (NaN) and is judged on its SNR alone, which comes from the raw trace (as in CaImAn,
+where its r-value is 0).
 
 Memory: one streaming pass over the movie (chunks of frames) computes ``Aᵀ·Y`` (for
-``YrA``, only when the estimates lack it) and the sums of the data over each component's
-selected frames and support pixels. Nothing of size ``pixels × T`` or ``pixels × K`` is ever
+``YrA``, only when the estimates lack it), the mean image and the sums of the data over each
+component's selected frames and support pixels. Nothing of size ``pixels × T`` or ``pixels × K`` is ever
 formed.
 """
 
