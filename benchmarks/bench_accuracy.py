@@ -83,6 +83,8 @@ def uncompressed_tiff(movie_tif: Path, folder: Path, chunk: int = 500) -> Path:
     TIFFs (dev_sim's format): it finds 0–2 ROIs on them and 37 on the same movie uncompressed."""
     import tifffile
 
+    from somascope.io.atomic import atomic_path
+
     with tifffile.TiffFile(movie_tif) as tif:
         if tif.pages[0].compression == 1:
             return movie_tif
@@ -91,11 +93,14 @@ def uncompressed_tiff(movie_tif: Path, folder: Path, chunk: int = 500) -> Path:
         out = folder / "movie.tif"
         if out.is_file():
             return out
-        tmp = folder / "movie.tif.part"
-        with tifffile.TiffWriter(tmp, bigtiff=True) as w:
+        page = tif.pages[0]
+
+        def pages() -> Any:
             for a in range(0, n, chunk):
-                w.write(tif.asarray(key=range(a, min(a + chunk, n))), contiguous=True)
-    tmp.replace(out)
+                yield from tif.asarray(key=range(a, min(a + chunk, n)))
+
+        with atomic_path(out) as tmp:
+            tifffile.imwrite(tmp, pages(), shape=(n, *page.shape), dtype=page.dtype, bigtiff=True)
     return out
 
 
@@ -122,6 +127,13 @@ def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
     gt = np.load(movie["folder"] / "gt.npz", allow_pickle=True)
     row = score_footprints(res["A"], np.flatnonzero(res["iscell"]), res["mean_image"], gt)
     return {"name": movie["name"] + " s2p", "seconds": res["seconds"], "peak_gb": res["peak_rss_bytes"] / 2**30, **row}
+
+
+def medians(rows: list[dict[str, Any]]) -> str:
+    """``median F1 … (min …), median P …, median R …`` of scored rows."""
+    f1 = [r["f1"] for r in rows]
+    return (f"median F1 {np.median(f1):.3f} (min {np.min(f1):.3f}), median P "
+            f"{np.median([r['precision'] for r in rows]):.3f}, median R {np.median([r['recall'] for r in rows]):.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,21 +170,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{'  suite2p':35s} {peer['seconds']:5.0f} s  {format_scores(peer)}", flush=True)
                     print(f"  time somascope / suite2p {row['seconds'] / peer['seconds']:.2f}, peak memory "
                           f"{row['peak_gb']:.2f} GB / {peer['peak_gb']:.2f} GB", flush=True)
-    f1 = [r["f1"] for r in rows]
     bins = np.array([r["recall_by_snr"] for r in rows], float)
     with np.errstate(all="ignore"):
         pooled = np.nanmean(bins, axis=0)
-    print(f"median F1 {np.median(f1):.3f} (min {np.min(f1):.3f}), median P {np.median([r['precision'] for r in rows]):.3f}"
-          f", median R {np.median([r['recall'] for r in rows]):.3f}, median trace r "
-          f"{np.nanmedian([r['trace_r'] for r in rows]):.3f}; mean recall by SNR bin "
-          + " ".join(f"{v:.2f}" for v in pooled))
+    print(f"somascope: {medians(rows)}, median trace r {np.nanmedian([r['trace_r'] for r in rows]):.3f}; "
+          "mean recall by SNR bin " + " ".join(f"{v:.2f}" for v in pooled))
     peers = [r["suite2p"] for r in rows if "suite2p" in r]
     if peers:
-        print(f"suite2p: median F1 {np.median([r['f1'] for r in peers]):.3f} (min {np.min([r['f1'] for r in peers]):.3f}), "
-              f"median P {np.median([r['precision'] for r in peers]):.3f}, median R "
-              f"{np.median([r['recall'] for r in peers]):.3f}; somascope / suite2p wall time "
-              f"{np.nansum([r['seconds'] for r in rows if 'suite2p' in r]) / np.nansum([r['seconds'] for r in peers]):.2f}"
-              f" ({sum('failed' in r for r in peers)} suite2p failures count as F1 0)")
+        ours = np.nansum([r["seconds"] for r in rows if "suite2p" in r])
+        print(f"suite2p: {medians(peers)}; somascope / suite2p wall time "
+              f"{ours / np.nansum([r['seconds'] for r in peers]):.2f} "
+              f"({sum('failed' in r for r in peers)} suite2p failures count as F1 0)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=float))
     return 0

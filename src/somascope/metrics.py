@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Match", "binarise_footprints", "match_footprints", "peak_snr", "trace_correlation"]
+__all__ = ["MASK_FRAC", "Match", "binarise_footprints", "match_footprints", "peak_snr", "trace_correlation"]
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,13 @@ def trace_correlation(C_ref: np.ndarray, C_est: np.ndarray, match: Match) -> np.
     return np.clip(corr, -1.0, 1.0)
 
 
-def binarise_footprints(A: Any, dims: Sequence[int] | None = None, frac: float = 0.2, *,
+#: Fraction of its peak above which a footprint's pixels make its mask: the binarisation the
+#: ``dev_sim`` ground truth is scored with, and the one the shape tests, duplicates and merging
+#: of :mod:`somascope.evaluation` and :mod:`somascope.cnmf` see.
+MASK_FRAC = 0.2
+
+
+def binarise_footprints(A: Any, dims: Sequence[int] | None = None, frac: float = MASK_FRAC, *,
                         largest_piece: bool = False) -> sp.csc_matrix:
     """Binary masks of footprints, as the matching sees them.
 

@@ -1,8 +1,11 @@
 """Merging components that are one neuron (CaImAn paper, eq. 3).
 
-Two components are *linked* when their footprints overlap (their masks at :data:`MASK_FRAC` of
-the peak share a pixel) and their denoised traces ``C`` correlate above ``merge.merge_thr``. Each connected group of linked
-components becomes one component: the rank-1 non-negative factorisation ``a·c`` of the
+Two components are *linked* when their footprints overlap — their masks
+(:func:`somascope.metrics.binarise_footprints`: pixels at least 0.2 of the peak) share a pixel;
+faint tails do not count, since in dense tissue every neighbour shares tail pixels and
+neighbours whose traces correlate (shared neuropil, synchronous firing) would merge into
+two-cell components — and their denoised traces ``C`` correlate above ``merge.merge_thr``.
+Each connected group of linked components becomes one component: the rank-1 non-negative factorisation ``a·c`` of the
 group's joint contribution ``Σ_i a_i·(c_i + r_i)`` (footprints times raw traces, ``r`` the
 residual traces ``YrA``), computed by alternating non-negative least squares on the factored
 form (the group's pixels × T matrix is never formed). The merged trace is then deconvolved
@@ -22,11 +25,6 @@ from .estimates import Estimates
 
 __all__ = ["MergeResult", "find_merge_groups", "merge_components"]
 
-#: Two components overlap when their masks — the pixels at least this fraction of each one's
-#: peak — share a pixel. Their faint tails do not count: in dense tissue every neighbour shares
-#: tail pixels, and neighbours whose traces correlate (shared neuropil, synchronous firing)
-#: would merge into two-cell components.
-MASK_FRAC = 0.2
 #: Alternating updates of the rank-1 factorisation of a group.
 RANK1_ITERATIONS = 30
 #: Pairs of traces correlated per chunk (bounds memory: chunk × T values).
@@ -89,7 +87,7 @@ def find_merge_groups(
         return []
     from somascope.metrics import binarise_footprints
 
-    mask = binarise_footprints(A, frac=MASK_FRAC)
+    mask = binarise_footprints(A)
     overlap = sp.triu(mask.T @ mask, k=1).tocoo()
     i, j = overlap.row, overlap.col
     if i.size == 0:

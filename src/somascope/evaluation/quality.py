@@ -115,9 +115,6 @@ _BINS_PER_BANDWIDTH = 4
 #: Normalised footprint overlap ``⟨a_i, a_j⟩ / (‖a_i‖ ‖a_j‖)`` above which two components
 #: count as overlapping when choosing the frames of the r-value (CaImAn's ``Athresh``).
 OVERLAP_THR = 0.1
-#: Fraction of its peak above which a footprint's pixels make its mask for the shape tests
-#: (eccentricity, area): the binarisation the CaImAn paper scores footprints with.
-MASK_FRAC = 0.2
 #: Jaccard distance of two accepted components' masks below which they are one cell twice
 #: (the matching to a ground truth counts pairs up to 0.7 as the same cell).
 DUPLICATE_DISTANCE = 0.5
@@ -461,12 +458,12 @@ def eccentricity(A: Any, dims: Sequence[int], spacing: Sequence[float] | None = 
 def footprint_masks(A: Any, dims: Sequence[int]) -> sp.csc_matrix:
     """Binary masks of the footprints ``A`` (``pixels × K``) as the shape tests and the matching
     to a ground truth see them (:func:`somascope.metrics.binarise_footprints`): the pixels at
-    least :data:`MASK_FRAC` × the footprint's peak, largest connected piece. A footprint's
-    faint tails (neighbours' leakage, background) make its weighted moments rounder and
-    larger than the cell it is; the mask is the cell."""
+    least :data:`somascope.metrics.MASK_FRAC` × the footprint's peak, largest connected piece.
+    A footprint's faint tails (neighbours' leakage, background) make its weighted moments
+    rounder and larger than the cell it is; the mask is the cell."""
     from somascope.metrics import binarise_footprints
 
-    return binarise_footprints(_as_csc(A, "A"), tuple(int(d) for d in dims), MASK_FRAC, largest_piece=True)
+    return binarise_footprints(_as_csc(A, "A"), tuple(int(d) for d in dims), largest_piece=True)
 
 
 def area_ratio(masks: Any, dims: Sequence[int], radius: Sequence[float]) -> np.ndarray:
