@@ -159,6 +159,21 @@ def test_initialize_with_spatial_downsampling(sim: simulate.Simulation) -> None:
     assert trace_correlation(sim.C, init.C, m).min() > 0.75
 
 
+def test_initialize_on_a_movie_binned_beforehand_equals_binning_inside(sim: simulate.Simulation) -> None:
+    """``n_frames=T``: the movie was binned over ``init.tsub`` frames by the caller (as a patch
+    task does while it streams a Store): the same components, traces for every frame."""
+    p = params(**{"init.ssub": 2, "init.tsub": 3})
+    T = sim.n_frames + 1  # a partial last bin
+    Y = np.concatenate([sim.movie, sim.movie[-1:]])
+    inside = initialize(Y, p)
+    outside = initialize(downsample(Y, 1, 3), p, n_frames=T)
+    assert outside.C.shape == (4, T) and outside.f.shape[1] == T
+    np.testing.assert_allclose(outside.A.toarray(), inside.A.toarray(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(outside.C, inside.C, rtol=1e-3, atol=1e-3 * np.abs(inside.C).max())
+    with pytest.raises(ValueError, match="294 frames binned over init.tsub=3 frames has 98 rows, got 101"):
+        initialize(downsample(Y, 1, 3), p, n_frames=T - 7)
+
+
 def test_initialize_without_global_background(sim: simulate.Simulation) -> None:
     init = initialize(sim.movie, params(nb=-2))
     assert init.b.shape == (900, 0) and init.f.shape == (0, 300)

@@ -151,6 +151,40 @@ def test_noise_of_a_resampled_trace():
         assert estimate_noise(y, method=method) == pytest.approx(y.std(), rel=0.06)
 
 
+def test_pixel_noise_reads_a_bounded_number_of_frames():
+    from somascope.deconvolution.noise import NOISE_MAX_FRAMES, NOISE_SEGMENT_FRAMES, pixel_noise_frames
+
+    assert pixel_noise_frames(3000) == [(0, 3000)]
+    assert pixel_noise_frames(NOISE_MAX_FRAMES) == [(0, NOISE_MAX_FRAMES)]
+    for T in (NOISE_MAX_FRAMES + 1, 21_000, 108_000):
+        ranges = pixel_noise_frames(T)
+        assert sum(b - a for a, b in ranges) <= NOISE_MAX_FRAMES  # does not grow with T
+        assert all(b - a == NOISE_SEGMENT_FRAMES for a, b in ranges)
+        assert ranges[0][0] == 0 and ranges[-1][1] == T  # first and last frames are looked at
+        assert all(a1 >= b0 for (_, b0), (a1, _) in zip(ranges, ranges[1:]))  # no frame twice
+
+
+def test_noise_from_segments_equals_the_whole_recording():
+    """Segments of a long movie (pixels of different noise, slow drift) give the noise of all
+    frames; one segment that is the whole movie gives exactly the whole-movie estimate."""
+    from somascope.deconvolution.noise import (estimate_noise_columns, estimate_noise_segments,
+                                               pixel_noise_frames)
+
+    rng = np.random.default_rng(3)
+    T, sigma = 30_000, np.linspace(0.5, 2.0, 12)
+    drift = 5.0 * np.sin(np.linspace(0, 3 * np.pi, T))[:, None]  # slow: outside the noise band
+    Y = (drift + sigma * rng.standard_normal((T, sigma.size))).astype(np.float32)
+    ranges = pixel_noise_frames(T)
+    assert len(ranges) > 1
+    sn = estimate_noise_segments([Y[a:b] for a, b in ranges])
+    np.testing.assert_allclose(sn, sigma, rtol=0.06)
+    np.testing.assert_allclose(sn, estimate_noise_columns(Y), rtol=0.06)
+    np.testing.assert_allclose(estimate_noise_segments([Y[:2000]]), estimate_noise_columns(Y[:2000]),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="at least one segment"):
+        estimate_noise_segments([])
+
+
 def test_ar1_coefficient_recovered():
     g = np.array([0.95])
     Y = np.stack([simulate(g, 20000, 0.05, 0.2, 0.5, seed=10 + k)[0] for k in range(3)])

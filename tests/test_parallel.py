@@ -42,6 +42,21 @@ def test_local_cluster_same_results_and_single_threaded_blas() -> None:
         # an engine wrapping an existing client (how a cluster-started Client is passed in)
         shared = Engine(engine.client)
         assert shared.kind == "client" and shared.map(_square, [7], progress=False) == [49]
+        # imap pulls its items lazily, a few in flight: what a pass over many blocks relies on
+        pulled = []
+
+        def items():
+            for x in range(30):
+                pulled.append(x)
+                yield x
+
+        seen = {}
+        for i, result in engine.imap(_square, items(), progress=False, in_flight=4):
+            assert len(pulled) <= len(seen) + 4 + 1  # never more than in_flight ahead of the results
+            seen[i] = result
+        assert seen == {x: x * x for x in range(30)}
+        with pytest.raises(RuntimeError, match="task three"):
+            list(engine.imap(_fail_on_three, iter(range(8)), progress=False, in_flight=2))
 
 
 def test_bad_scheduler_specs() -> None:

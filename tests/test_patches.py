@@ -511,6 +511,75 @@ def test_fit_without_evaluation_leaves_the_split_unset(engine_fits, fits) -> Non
     assert fits["patched"].idx_components is not None
 
 
+# ----------------------------------------------------------------------------- long recordings
+
+
+class CountingSource:
+    """A Store seen through its reads: the frame range of every request."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.requests = store, []
+        self.shape, self.time_chunk = store.shape, store.time_chunk
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        self.requests.append((key[0].start, key[0].stop))
+        return self.store[key]
+
+
+def test_a_patch_is_read_once_in_whole_chunks_binned_in_time(tmp_path, monkeypatch) -> None:
+    from somascope.cnmf import patches
+    from somascope.cnmf.initialization import downsample
+
+    rng = np.random.default_rng(5)
+    Y = rng.standard_normal((530, 40, 40)).astype(np.float32)
+    store = write_store(tmp_path / "s.zarr", Y, chunks=(48, 32, 32))
+    patch = Patch(0, (slice(3, 35), slice(5, 29)), (slice(3, 35), slice(5, 29)))
+    monkeypatch.setattr(patches, "_READ_ELEMENTS", 300 * 32 * 24)  # several reads
+    src = CountingSource(store)
+    ranges = [(0, 20), (250, 300), (510, 530)]
+    binned, kept = patches._read_binned(src, patch, 5, ranges)
+    window = Y[(slice(None),) + patch.window]
+    np.testing.assert_allclose(binned, downsample(window, 1, 5), rtol=1e-6, atol=1e-6)
+    for (a, b), seg in zip(ranges, kept):
+        np.testing.assert_array_equal(seg, window[a:b].reshape(b - a, -1))
+    starts = [a for a, _ in src.requests]
+    assert len(src.requests) > 1 and starts == sorted(starts)
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(src.requests, src.requests[1:]))  # one pass
+    assert src.requests[-1][1] == 530
+    assert all(a % 240 == 0 for a in starts)  # whole chunks of 48, whole bins of 5
+
+
+def test_patch_bins_grow_with_the_recording_beyond_the_bound() -> None:
+    from somascope.cnmf.patches import MAX_INIT_FRAMES, patch_tsub
+
+    assert patch_tsub(3000, 4) == 4 and patch_tsub(4 * MAX_INIT_FRAMES, 4) == 4
+    for T in (21_000, 108_000):
+        tsub = patch_tsub(T, 4)
+        assert tsub > 4 and -(-T // tsub) <= MAX_INIT_FRAMES
+    assert patch_tsub(20, 4) == 4 and patch_tsub(6, 4) == 3  # never more than half the frames
+
+
+def test_bounded_bins_and_noise_segments_still_find_the_cells(sim, patch_params, fits, monkeypatch) -> None:
+    """A recording 8× longer than the bound (made here by lowering the bounds): the patches are
+    initialised on bins of 8 frames, noise and screen read 4 segments, and the cells are found."""
+    from somascope.cnmf import patches
+    from somascope.deconvolution import noise
+
+    monkeypatch.setattr(patches, "MAX_INIT_FRAMES", 100)
+    monkeypatch.setattr(noise, "NOISE_MAX_FRAMES", 400)
+    monkeypatch.setattr(noise, "NOISE_SEGMENT_FRAMES", 100)
+    assert patches.patch_tsub(sim.n_frames, patch_params.patch.p_tsub) == 8
+    assert len(noise.pixel_noise_frames(sim.n_frames)) == 4
+    est = fit(sim.movie, patch_params)
+    f1 = f1_accepted(sim, est)
+    print(f"\nF1 with bins of 8 frames and 4 noise segments: {f1:.3f} (default {f1_accepted(sim, fits['patched']):.3f})")
+    assert est.C.shape == (est.K, sim.n_frames)
+    assert f1 >= 0.85
+    # 400 frames instead of 800: the same noise levels, each from half the frequency bins
+    ratio = est.sn / fits["patched"].sn
+    assert abs(np.median(ratio) - 1) < 0.03 and np.percentile(np.abs(ratio - 1), 95) < 0.25
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -17,7 +17,7 @@ Use it as a context manager so the cluster is shut down when work ends.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 THREAD_ENV_VARS = (
@@ -28,6 +28,11 @@ THREAD_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
     "NUMBA_NUM_THREADS",
 )
+
+
+#: Tasks :meth:`Engine.imap` keeps submitted per worker (enough to keep every worker busy while
+#: results travel back, few enough that the tasks' inputs stay small).
+IN_FLIGHT_PER_WORKER = 3
 
 
 def available_cores() -> int:
@@ -149,39 +154,80 @@ class Engine:
         A failing task raises its own exception here (the remaining tasks are cancelled).
         """
         items = list(items)
+        results: list[Any] = [None] * len(items)
+        for i, result in self.imap(fn, items, desc=desc, progress=progress, unit=unit, total=len(items)):
+            results[i] = result
+        return results
+
+    def imap(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        desc: str | None = None,
+        progress: bool = True,
+        unit: str = "task",
+        total: int | None = None,
+        in_flight: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """``(i, fn(item_i))`` as the tasks finish (in input order when serial).
+
+        ``items`` is consumed lazily and at most ``in_flight`` tasks (default
+        :data:`IN_FLIGHT_PER_WORKER` × workers) are submitted at a time, so that items that
+        carry arrays (e.g. the traces a block of a pass needs) are built only shortly before
+        they run, and the caller can fold each result in as it comes: the memory of a pass
+        stays that of a few tasks however many there are. A failing task raises its own
+        exception here (the tasks in flight are cancelled).
+        """
         bar = None
-        if progress and items:
+        if progress and total != 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(items), desc=desc or getattr(fn, "__name__", "tasks"), unit=unit)
+            bar = tqdm(total=total, desc=desc or getattr(fn, "__name__", "tasks"), unit=unit)
         try:
             if self.kind == "serial":
-                results = []
-                for item in items:
-                    results.append(fn(item))
+                for i, item in enumerate(items):
+                    result = fn(item)
                     if bar is not None:
                         bar.update(1)
-                return results
-            from distributed import as_completed
-
+                    yield i, result
+                return
             import warnings
 
-            with warnings.catch_warnings():
-                # many small items (block coordinates, a few traces each) add up to tens of MB;
-                # that is by design, not the "large array in the graph" this warning is about
-                warnings.filterwarnings("ignore", message="Sending large graph")
-                futures = self._client.map(fn, items, pure=False)
-            index = {f.key: i for i, f in enumerate(futures)}
-            results = [None] * len(items)
+            from distributed import as_completed
+
+            limit = max(1, int(in_flight or IN_FLIGHT_PER_WORKER * self.n_workers))
+            source = enumerate(items)
+            index: dict[str, int] = {}
+            done = as_completed([])
+
+            def submit(n: int) -> None:
+                for _ in range(n):
+                    try:
+                        i, item = next(source)
+                    except StopIteration:
+                        return
+                    with warnings.catch_warnings():
+                        # a block's traces add up to MB; by design, not the "large array in the
+                        # graph" this warning is about
+                        warnings.filterwarnings("ignore", message="Sending large graph")
+                        future = self._client.submit(fn, item, pure=False)
+                    index[future.key] = i
+                    done.add(future)
+
+            submit(limit)
             try:
-                for future in as_completed(futures):
-                    results[index[future.key]] = future.result()
+                for future in done:
+                    i = index.pop(future.key)
+                    result = future.result()
+                    del future
+                    submit(1)
                     if bar is not None:
                         bar.update(1)
+                    yield i, result
             except BaseException:
-                self._client.cancel(futures)
+                self._client.cancel(list(done.futures))
                 raise
-            return results
         finally:
             if bar is not None:
                 bar.close()

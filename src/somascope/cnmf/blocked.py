@@ -103,15 +103,15 @@ class BlockedMovie:
         if Ab.shape[0] != self.n_pixels:
             raise ValueError(f"the footprints have {Ab.shape[0]} pixels; the movie has {self.n_pixels}.")
         M, T = Ab.shape[1], self.n_frames
-        items = []
+        touched = []
         for blk in self._blocks:
-            px = self.block_pixels(blk)
-            sub = Ab[px].tocsc()
+            sub = Ab[self.block_pixels(blk)].tocsc()
             cols = np.flatnonzero(np.diff(sub.indptr) > 0)
             if cols.size:
-                items.append((self.store, blk, sp.csr_matrix(sub[:, cols]), cols))
+                touched.append((blk, sp.csr_matrix(sub[:, cols]), cols))
         out = np.zeros((M, T))
-        for cols, part in self._run(_project_block, items, "AᵀY"):
+        items = ((self.store, blk, sub, cols) for blk, sub, cols in touched)
+        for _, (cols, part) in self._run(_project_block, items, "AᵀY", len(touched)):
             out[cols] += part
         return out
 
@@ -130,18 +130,23 @@ class BlockedMovie:
         U = np.zeros(comp.size)
         yy = np.zeros(P) if need_yy else None
         ymean = np.zeros(P)
-        items, where = [], []
+        where = []
         for blk in self._blocks:
             px = self.block_pixels(blk)
             starts, stops = indptr[px], indptr[px + 1]
             counts = stops - starts
             local_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             entries = np.repeat(starts - local_indptr[:-1], counts) + np.arange(local_indptr[-1])
-            used, local = np.unique(comp[entries], return_inverse=True)
-            CfT = np.ascontiguousarray(Cf[used].T)
-            items.append((self.store, blk, local_indptr, local.astype(np.int64), CfT, need_yy))
-            where.append((px, entries))
-        for (px, entries), (u, s, q) in zip(where, self._run(_statistics_block, items, "Y·Cᵀ")):
+            where.append((blk, px, local_indptr, entries))
+
+        def items() -> Any:  # each block's traces (frames × its components) built when submitted
+            for blk, _, local_indptr, entries in where:
+                used, local = np.unique(comp[entries], return_inverse=True)
+                CfT = np.ascontiguousarray(Cf[used].T)
+                yield self.store, blk, local_indptr, local.astype(np.int64), CfT, need_yy
+
+        for i, (u, s, q) in self._run(_statistics_block, items(), "Y·Cᵀ", len(where)):
+            _, px, _, entries = where[i]
             U[entries] = u
             ymean[px] = s / T
             if yy is not None:
@@ -150,17 +155,19 @@ class BlockedMovie:
 
     def noise(self, noise_range: Any = (0.25, 0.5), method: str = "mean") -> np.ndarray:
         """Noise standard deviation of every pixel, ``(pixels,)`` float64 (each block's pixels
-        over all frames, :func:`somascope.deconvolution.noise.estimate_noise_columns`)."""
-        items = [(self.store, blk, tuple(noise_range), method) for blk in self._blocks]
+        over the frames :func:`somascope.deconvolution.noise.pixel_noise_frames` picks, as
+        :func:`somascope.cnmf.fit.pixel_noise` does in memory)."""
+        items = ((self.store, blk, tuple(noise_range), method) for blk in self._blocks)
         sn = np.empty(self.n_pixels)
-        for blk, part in zip(self._blocks, self._run(_noise_block, items, "pixel noise")):
-            sn[self.block_pixels(blk)] = part
+        for i, part in self._run(_noise_block, items, "pixel noise", len(self._blocks)):
+            sn[self.block_pixels(self._blocks[i])] = part
         return sn
 
-    def _run(self, fn: Any, items: list[Any], desc: str) -> list[Any]:
+    def _run(self, fn: Any, items: Any, desc: str, total: int) -> Any:
+        """``(i, fn(item_i))`` as the blocks finish; items are built lazily, a few in flight."""
         if self.engine is None:
-            return [fn(item) for item in items]
-        return self.engine.map(fn, items, desc=desc, progress=self.progress, unit="block")
+            return ((i, fn(item)) for i, item in enumerate(items))
+        return self.engine.imap(fn, items, desc=desc, progress=self.progress, unit="block", total=total)
 
 
 # ------------------------------------------------------------------------------------------
@@ -172,6 +179,14 @@ def _frames_at_a_time(store: Any, blk: tuple[slice, ...]) -> int:
 
     n = int(np.prod([s.stop - s.start for s in blk]))
     return aligned_chunk_frames(store, _CHUNK_ELEMENTS // max(n, 1))
+
+
+def _chunks(store: Any, blk: tuple[slice, ...]) -> Any:
+    """``(t0, t1, frames × block pixels)`` over all frames, whole Store chunks, read ahead."""
+    from somascope.io.chunks import frame_ranges, read_ahead
+
+    ranges = frame_ranges(int(store.shape[0]), _frames_at_a_time(store, blk))
+    return read_ahead(lambda t0, t1: _read_block(store, blk, t0, t1), ranges)
 
 
 def _read_block(store: Any, blk: tuple[slice, ...], t0: int, t1: int) -> np.ndarray:
@@ -190,11 +205,8 @@ def _project_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     T = int(store.shape[0])
     out_t = np.zeros((T, cols.size))
     kernel = _project_kernel()
-    step = _frames_at_a_time(store, blk)
-    for t0 in range(0, T, step):
-        t1 = min(T, t0 + step)
-        kernel(rows, A_sub.indptr, A_sub.indices, A_sub.data, _read_block(store, blk, t0, t1),
-               out_t[t0:t1])
+    for t0, t1, Y in _chunks(store, blk):
+        kernel(rows, A_sub.indptr, A_sub.indices, A_sub.data, Y, out_t[t0:t1])
     return cols, np.ascontiguousarray(out_t.T)
 
 
@@ -203,23 +215,20 @@ def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np
     from .spatial import _kernels
 
     store, blk, indptr, comp, CfT, need_yy = item
-    T = int(store.shape[0])
     n = int(indptr.size - 1)
     U = np.zeros(comp.size)
     ysum = np.zeros(n)
     yy = np.zeros(n)
     kernel = _kernels()["products"]
-    step = _frames_at_a_time(store, blk)
-    for t0 in range(0, T, step):
-        t1 = min(T, t0 + step)
-        kernel(indptr, comp, _read_block(store, blk, t0, t1), CfT[t0:t1], U, ysum, yy, need_yy)
+    for t0, t1, Y in _chunks(store, blk):
+        kernel(indptr, comp, Y, CfT[t0:t1], U, ysum, yy, need_yy)
     return U, ysum, yy if need_yy else None
 
 
 def _noise_block(item: tuple[Any, ...]) -> np.ndarray:
-    """Noise of every pixel of one block (all frames of the block are read at once)."""
-    from somascope.deconvolution.noise import estimate_noise_columns
+    """Noise of every pixel of one block (each segment of frames read at once)."""
+    from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
 
     store, blk, noise_range, method = item
-    T = int(store.shape[0])
-    return estimate_noise_columns(_read_block(store, blk, 0, T), noise_range, method)
+    segments = [_read_block(store, blk, t0, t1) for t0, t1 in pixel_noise_frames(int(store.shape[0]))]
+    return estimate_noise_segments(segments, noise_range, method)

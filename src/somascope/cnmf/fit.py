@@ -149,15 +149,17 @@ def pixel_noise(Y: np.ndarray, params: Any = None) -> np.ndarray:
     """Noise standard deviation of every pixel, ``(pixels,)`` float64 in movie units.
 
     The average of each pixel's periodogram over ``deconvolution.noise_range`` (method
-    ``deconvolution.noise_method``), computed along the time axis of the movie as stored
-    (:func:`somascope.deconvolution.noise.estimate_noise_columns`).
+    ``deconvolution.noise_method``), computed along the time axis of the movie as stored, on
+    the frames :func:`somascope.deconvolution.noise.pixel_noise_frames` picks (all of a
+    movie up to 4,096 frames, evenly spaced segments of a longer one).
     """
-    from somascope.deconvolution.noise import estimate_noise_columns
+    from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
 
     params = _as_params(params)
-    arr = np.asarray(Y)
     dec = params.deconvolution
-    return estimate_noise_columns(arr.reshape(arr.shape[0], -1), dec.noise_range, dec.noise_method)
+    n = int(np.prod(np.shape(Y)[1:]))
+    segments = [np.asarray(Y[t0:t1]).reshape(t1 - t0, n) for t0, t1 in pixel_noise_frames(len(Y))]
+    return estimate_noise_segments(segments, dec.noise_range, dec.noise_method)
 
 
 def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:

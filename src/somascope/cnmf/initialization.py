@@ -1068,7 +1068,8 @@ register_method("sparse_nmf", _run_sparse_nmf)
 # ----------------------------------------------------------------------------- entry point
 
 
-def initialize(Y: np.ndarray, params: Params, *, method: str | None = None) -> Initialization:
+def initialize(Y: np.ndarray, params: Params, *, method: str | None = None,
+               n_frames: int | None = None) -> Initialization:
     """Initial ``A, C, b, f`` of CNMF for a movie (or a patch of one), as the parameters say.
 
     Steps (``params.init``):
@@ -1092,9 +1093,14 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None) -> I
             modified.
         params: :class:`somascope.params.Params`; uses the ``init`` group.
         method: overrides ``params.init.method``.
+        n_frames: when given, ``Y`` is a movie of ``n_frames`` frames already block-averaged
+            over ``params.init.tsub`` frames (``ceil(n_frames / tsub)`` rows, e.g. read from
+            a Store chunk by chunk without holding the full-rate movie): step 1 only
+            downsamples space and the traces come back with ``n_frames`` frames.
 
     Returns:
-        :class:`Initialization` on the full grid (``dims`` of ``Y``, ``T`` frames).
+        :class:`Initialization` on the full grid (``dims`` of ``Y``, ``T`` frames, or
+        ``n_frames`` frames).
 
     Raises:
         ParameterError: unknown method, ``seeded`` (needs masks) or ``greedy_corr`` (not yet
@@ -1119,9 +1125,17 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None) -> I
     Y = _check_movie(Y, ndim=params.ndim)
     T, dims = Y.shape[0], tuple(Y.shape[1:])
     ssub = max(1, min(params.init.ssub, max(dims)))
-    tsub = max(1, min(params.init.tsub, T // 2))
+    if n_frames is None:
+        tsub = max(1, min(params.init.tsub, T // 2))
+        binned = tsub
+    else:  # Y is already binned over tsub frames
+        T, tsub, binned = int(n_frames), _check_count(params.init.tsub, "init.tsub"), 1
+        if Y.shape[0] != -(-T // tsub):
+            raise ValueError(f"a movie of {n_frames} frames binned over init.tsub={tsub} frames has "
+                             f"{-(-T // tsub)} rows, got {Y.shape[0]}. Fix: pass the n_frames and "
+                             "tsub the movie was binned with.")
 
-    Yds = _downsample(Y, ssub, tsub, None) if (ssub > 1 or tsub > 1) \
+    Yds = _downsample(Y, ssub, binned, None) if (ssub > 1 or binned > 1) \
         else np.asarray(Y, dtype=np.float32)
     scale = None
     if params.init.normalize_init:

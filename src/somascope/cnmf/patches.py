@@ -3,17 +3,26 @@
 The field of view is cut into overlapping patches (:func:`patch_grid`: ``2·rf`` px wide,
 neighbours overlapping by ``stride`` px; ``patch.border_pix`` px at every edge are left out).
 
-*Map* (:func:`run_patches`): one engine task per patch opens the Store by path, reads its
-patch over all frames (no movie data passes through the scheduler), estimates the pixel
-noise, and initialises components (``init.method``, ``init.K`` per patch, downsampled by
-``patch.p_ssub`` / ``p_tsub``, ``patch.nb_patch`` background components). With
-``patch.only_init=False`` it then runs the whole CNMF on the patch (AR order
-``patch.p_patch``). Each patch then screens its components: those whose trace SNR or
-spatial consistency falls below ``quality.SNR_lowest`` / ``quality.rval_lowest`` are dropped
-(clearly not cells), and a patch keeps only the components whose centre lies in the part of
-the patch it *owns*: the overlaps are split down the middle, so the owned parts tile the field
-of view. A neuron whose centre is owned by a patch lies whole in it whenever ``stride`` is at
-least a neuron's diameter, so each neuron is kept once, from the patch that sees all of it.
+*Map* (:func:`run_patches`): one engine task per patch opens the Store by path and reads its
+patch window once, in whole Store chunks of frames (no movie data passes through the
+scheduler). It keeps only the patch binned in time (:func:`patch_tsub` frames per bin:
+``patch.p_tsub``, more for a recording longer than ``MAX_INIT_FRAMES · p_tsub`` frames, so that
+there are never more than :data:`MAX_INIT_FRAMES` bins) and the full-rate frames of the noise
+segments (:func:`somascope.deconvolution.noise.pixel_noise_frames`: every frame of a movie up to
+4,096 frames, evenly spaced segments of a longer one), so a task's time and memory stop growing
+with the recording. It estimates each pixel's noise from those frames and initialises
+components on the binned patch (``init.method``, ``init.K`` per patch, space downsampled by
+``patch.p_ssub``, ``patch.nb_patch`` background components), their traces brought back to
+every frame. With ``patch.only_init=False`` it instead runs the whole CNMF on the full-rate
+patch (AR order ``patch.p_patch``; the patch is held in memory). Each patch then screens its
+components on the full-rate frames it kept: those whose trace SNR or spatial consistency falls
+to ``quality.SNR_lowest`` / ``quality.rval_lowest`` are dropped (clearly not cells) — unless,
+in a long recording whose frames were sampled, the binned trace over the whole recording
+passes (a cell that fired only outside the samples). A patch keeps only the components whose
+centre lies in the part of the patch it *owns*: the overlaps are split down the middle, so the
+owned parts tile the field of view. A neuron whose centre is owned by a patch lies whole in it
+whenever ``stride`` is at least a neuron's diameter, so each neuron is kept once, from the
+patch that sees all of it.
 
 *Reduce* (:func:`combine_patches`): footprints are embedded in the full field of view; the
 pixel noise is taken from the patch that owns each pixel; every patch's background
@@ -39,12 +48,18 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Patch", "PatchResult", "patch_grid", "run_patches", "combine_patches"]
+__all__ = ["Patch", "PatchResult", "patch_grid", "patch_tsub", "run_patches", "combine_patches"]
 
 log = logging.getLogger(__name__)
 
 #: HALS passes of the low-rank compression of the patch backgrounds.
 BACKGROUND_ITERATIONS = 30
+#: Most time bins a patch is initialised on (:func:`patch_tsub`): beyond
+#: ``MAX_INIT_FRAMES · patch.p_tsub`` frames the bins grow with the recording, so that the
+#: initialisation's time and memory stop growing (CaImAn's ``tsub``, chosen from the length).
+MAX_INIT_FRAMES = 3000
+#: Float32 values a patch task reads from the Store at a time (≈ 64 MiB).
+_READ_ELEMENTS = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -200,29 +215,62 @@ def combine_patches(results: list[PatchResult], dims: tuple[int, ...], params: A
 # the map task
 
 
+def patch_tsub(n_frames: int, p_tsub: int) -> int:
+    """Frames per time bin of a patch's initialisation: ``patch.p_tsub``, raised so that the
+    binned movie has at most :data:`MAX_INIT_FRAMES` frames (never more than half the frames)."""
+    n_frames = int(n_frames)
+    tsub = max(int(p_tsub), -(-n_frames // MAX_INIT_FRAMES))
+    return max(1, min(tsub, n_frames // 2))
+
+
 def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
     """Read one patch, initialise (or fit) it, screen and keep what it owns."""
-    from .fit import _fit, pixel_noise
-    from .initialization import initialize
+    from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
+
+    from .fit import _fit
+    from .initialization import downsample, initialize
 
     source, patch, params = item
-    Y = np.asarray(source[(slice(None),) + patch.window], dtype=np.float32)
-    if not np.isfinite(Y).all():
-        t_bad = int(np.argwhere(~np.isfinite(Y))[0][0])
-        raise ValueError(f"the movie contains NaN or infinite values (first in frame {t_bad}, patch "
-                         f"{_describe(patch)}). Fix: motion-correct with border_mode='copy' or "
-                         "'zero', or set patch.border_pix to skip the borders.")
-    pp = _patch_params(params)
-    sn = pixel_noise(Y, pp)
-    if params.patch.only_init:
-        init = initialize(Y, pp)
-        A, C, b, f = init.A, init.C, init.b, init.f
-    else:
+    T = int(source.shape[0])
+    dec = params.deconvolution
+    if not params.patch.only_init:
+        pp = _patch_params(params, params.patch.p_tsub)
+        Y, _ = _read_binned(source, patch, 1, [])
+        sn = estimate_noise_segments([Y[t0:t1].reshape(t1 - t0, -1) for t0, t1 in pixel_noise_frames(T)],
+                                     dec.noise_range, dec.noise_method)
         est = _fit(Y, pp, seed_masks=None, engine=None, progress=False, allow_refit=False,
                    evaluate=False, patches=False)
         A, C, b, f = est.A, est.C, est.b, est.f
+        keep = _screen(Y, A, C, b, f, pp) if A.shape[1] else np.zeros(0, np.int64)
+    else:
+        # one pass over the patch in whole Store chunks, keeping the time-binned movie and
+        # the full-rate frames of the noise segments (all frames of a movie up to
+        # NOISE_MAX_FRAMES), never the whole full-rate patch of a long recording
+        tsub = patch_tsub(T, params.patch.p_tsub)
+        pp = _patch_params(params, tsub)
+        ranges = pixel_noise_frames(T)
+        binned, segments = _read_binned(source, patch, tsub, ranges)
+        sn = estimate_noise_segments(segments, dec.noise_range, dec.noise_method)
+        init = initialize(binned, pp, n_frames=T)
+        A, C, b, f = init.A, init.C, init.b, init.f
+        keep = np.zeros(0, np.int64)
+        if A.shape[1]:
+            # the screen looks at the full-rate frames kept (joined end to end) ...
+            frames = np.concatenate([np.arange(t0, t1) for t0, t1 in ranges])
+            Y = np.concatenate(segments).reshape((-1,) + patch.shape)
+            keep = _screen(Y, A, C[:, frames], b, f[:, frames], pp)
+            del Y
+            if frames.size < T and keep.size < A.shape[1]:
+                # ... and, when they are a sample of a long recording, a component dropped
+                # there is kept if its binned trace shows an event (a rarely firing cell)
+                others = np.setdiff1d(np.arange(A.shape[1]), keep)
+                Cb, fb = (downsample(np.asarray(X, np.float32).T[:, :, None], 1, tsub)[:, :, 0].T
+                          for X in (C, f))
+                binned_pp = dataclasses.replace(pp, data=dataclasses.replace(pp.data, fr=pp.data.fr / tsub))
+                rescued = _screen(binned, A[:, others], Cb[others], b, fb, binned_pp)
+                keep = np.union1d(keep, others[rescued])
+        del binned, segments
     n_found = int(A.shape[1])
-    keep = _screen(Y, A, C, b, f, pp) if n_found else np.zeros(0, np.int64)
     n_screened = n_found - keep.size
     if keep.size:
         keep = keep[_owned(A[:, keep], patch)]
@@ -232,11 +280,48 @@ def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
                        n_screened=n_screened)
 
 
-def _patch_params(params: Any) -> Any:
-    """The parameters inside a patch: the patch group's downsampling, background and AR order."""
+def _read_binned(source: Any, patch: Patch, tsub: int, segments: list[tuple[int, int]]
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The patch's movie binned over ``tsub`` frames, and its frames in ``segments``.
+
+    Returns ``ceil(T / tsub) × *patch.shape`` float32 (block means; ``tsub=1``: the patch
+    itself) and one ``(stop − start) × pixels`` float32 array per segment. The source is read
+    once, in whole Store chunks of about :data:`_READ_ELEMENTS` values, so that the memory
+    held is the binned movie and the segments, not the full-rate patch.
+    """
+    from somascope.io.chunks import aligned_chunk_frames, frame_ranges, read_ahead
+
+    from .initialization import downsample
+
+    T, shape = int(source.shape[0]), patch.shape
+    n_px = int(np.prod(shape))
+    unit = math.lcm(int(getattr(source, "time_chunk", 1) or 1), tsub)
+    step = aligned_chunk_frames(source, _READ_ELEMENTS // max(n_px, 1))
+    step = max(unit, (step // unit) * unit)
+    binned = np.empty((-(-T // tsub),) + shape, np.float32)
+    kept = [np.empty((t1 - t0, n_px), np.float32) for t0, t1 in segments]
+    ranges = frame_ranges(T, step)
+    for t0, t1, block in read_ahead(lambda a, b: np.asarray(source[(slice(a, b),) + patch.window],
+                                                            dtype=np.float32), ranges):
+        if not np.isfinite(block).all():
+            t_bad = t0 + int(np.argwhere(~np.isfinite(block))[0][0])
+            raise ValueError(f"the movie contains NaN or infinite values (first in frame {t_bad}, "
+                             f"patch {_describe(patch)}). Fix: motion-correct with border_mode="
+                             "'copy' or 'zero', or set patch.border_pix to skip the borders.")
+        for (s0, s1), out in zip(segments, kept):
+            lo, hi = max(s0, t0), min(s1, t1)
+            if lo < hi:
+                out[lo - s0:hi - s0] = block[lo - t0:hi - t0].reshape(hi - lo, n_px)
+        binned[t0 // tsub:-(-t1 // tsub)] = block if tsub == 1 else downsample(block, 1, tsub)
+    return binned, kept
+
+
+def _patch_params(params: Any, tsub: int) -> Any:
+    """The parameters inside a patch: the patch group's downsampling (``tsub`` frames per time
+    bin, :func:`patch_tsub`), background and AR order."""
     pp = params.patch
     nb = pp.nb_patch if pp.nb_patch > 0 else params.init.nb
-    init = dataclasses.replace(params.init, ssub=pp.p_ssub, tsub=pp.p_tsub, nb=max(nb, 1))
+    init = dataclasses.replace(params.init, ssub=pp.p_ssub, tsub=tsub, nb=max(nb, 1))
     dec = dataclasses.replace(params.deconvolution, p=pp.p_patch)
     return dataclasses.replace(params, init=init, deconvolution=dec,
                                patch=dataclasses.replace(pp, rf=None))

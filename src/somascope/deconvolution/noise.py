@@ -40,6 +40,11 @@ _BLOCK_ELEMENTS = 1 << 22  # rows per FFT block are chosen so a block holds ~4 M
 _COLUMNS = 64  # pixels per FFT block of estimate_noise_columns (keeps a block in cache)
 #: A band whose smoothed spectrum lies this many decades below the peak is empty.
 EMPTY_BAND_DECADES = 12.0
+#: Pixel noise (:func:`pixel_noise_frames`) reads all frames of a movie up to this length and
+#: evenly spaced segments of :data:`NOISE_SEGMENT_FRAMES` frames beyond it, so its cost stops
+#: growing with the recording (CaImAn's ``max_num_samples_fft`` plays the same role).
+NOISE_MAX_FRAMES = 4096
+NOISE_SEGMENT_FRAMES = 1024
 
 
 def check_noise_range(noise_range: Sequence[float]) -> tuple[float, float]:
@@ -169,6 +174,47 @@ def estimate_noise_columns(
                 out[c0 + i] = _band_limited(power[:, i].astype(np.float64), freqs, band, lo, hi,
                                             method, out[c0 + i])
     return np.sqrt(out)
+
+
+def pixel_noise_frames(n_frames: int, max_frames: int | None = None) -> list[tuple[int, int]]:
+    """The frame ranges ``[(start, stop), …]`` a pixel-noise estimate of a movie reads.
+
+    All frames when ``n_frames ≤ max_frames`` (default :data:`NOISE_MAX_FRAMES`); otherwise
+    ``max_frames // NOISE_SEGMENT_FRAMES``
+    segments of :data:`NOISE_SEGMENT_FRAMES` consecutive frames, evenly spaced from the first
+    frame to the last (the noise band lies far above a transient's frequencies, so a
+    segment's periodogram estimates the same variance as the whole recording's; spreading
+    the segments over the recording averages slow changes of the noise, e.g. bleaching).
+    """
+    n_frames = int(n_frames)
+    max_frames = NOISE_MAX_FRAMES if max_frames is None else int(max_frames)
+    if n_frames <= max_frames:
+        return [(0, n_frames)]
+    n_seg = max(1, max_frames // NOISE_SEGMENT_FRAMES)
+    starts = np.round(np.linspace(0, n_frames - NOISE_SEGMENT_FRAMES, n_seg)).astype(int)
+    return [(int(s), int(s) + NOISE_SEGMENT_FRAMES) for s in starts]
+
+
+def estimate_noise_segments(
+    segments: Sequence[np.ndarray],
+    noise_range: Sequence[float] = (0.25, 0.5),
+    method: str = "mean",
+) -> np.ndarray:
+    """Noise standard deviation of every column from several frames × pixels segments.
+
+    Each segment ``T_i × n`` (e.g. the ranges of :func:`pixel_noise_frames`) is estimated
+    with :func:`estimate_noise_columns`; the variances are averaged with weights ``T_i``
+    (proportional to the frequency bins each contributes). Returns float64 ``(n,)``.
+    """
+    if not segments:
+        raise ValueError("estimate_noise_segments needs at least one segment of frames.")
+    total = np.zeros(int(np.shape(segments[0])[1]))
+    weight = 0
+    for seg in segments:
+        n = int(np.shape(seg)[0])
+        total += n * estimate_noise_columns(seg, noise_range, method) ** 2
+        weight += n
+    return np.sqrt(total / weight)
 
 
 def _noise_band(T: int, lo: float, hi: float, noise_range: Any) -> tuple[np.ndarray, np.ndarray]:

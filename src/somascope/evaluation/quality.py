@@ -849,11 +849,10 @@ def _scan(
 
         bar = tqdm(total=T, desc="evaluating components", unit="frame", leave=False)
     try:
-        for t0 in range(0, T, step):
-            t1 = min(t0 + step, T)
-            block = source[t0:t1]
-            if not isinstance(block, np.ndarray) or block.dtype != np.float32:
-                block = np.asarray(block, dtype=np.float32)
+        from somascope.io.chunks import frame_ranges, read_ahead
+
+        for t0, t1, block in read_ahead(lambda a, b: np.asarray(source[a:b], dtype=np.float32),
+                                        frame_ranges(T, step)):
             Yc = block.reshape(t1 - t0, P)
             total += Yc.sum(axis=0, dtype=np.float64)
             if At32 is not None:

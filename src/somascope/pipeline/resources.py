@@ -168,6 +168,17 @@ class ResourceEstimate:
     parts: dict[str, int]
 
 
+def _patch_frames(T: int, params: Any) -> int:
+    """Frames of its window a CNMF patch task holds: the bins and the noise segments
+    (:mod:`somascope.cnmf.patches`), or every frame with ``patch.only_init=False``."""
+    if not params.patch.only_init:
+        return T
+    from ..cnmf.patches import patch_tsub
+    from ..deconvolution.noise import pixel_noise_frames
+
+    return -(-T // patch_tsub(T, params.patch.p_tsub)) + sum(b - a for a, b in pixel_noise_frames(T))
+
+
 def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, motion: bool,
                        store_needed: bool = True, whole_fov_fit: bool = True) -> ResourceEstimate:
     """Memory and disk a run on a movie of ``shape`` (``T×H×W`` or ``T×Z×H×W``) will need.
@@ -177,7 +188,8 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
     (:func:`somascope.cnmf.fit.components_per_fov`):
 
     - *work of one worker*: the largest of a motion chunk (``chunk_frames × F × 6``), a CNMF
-      patch (``T × (2·rf+1)² × 4 × 4``) and a block of CNMF's blocked passes
+      patch (``T_p × (2·rf+1)² × 4 × 4`` with ``T_p`` the frames a patch holds: its time bins
+      and noise segments, at most ~7,100 however long the movie) and a block of CNMF's blocked passes
       (``2 × min(M, 64 MiB)``);
     - *driver*: the process (300 MB) + streaming passes (summary, quality:
       ``3 × min(M, 128 MiB)``) + traces ``K × T × 8 × 8`` + footprints ``K × (2·gSiz)² × 12``,
@@ -202,7 +214,8 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
     motion_work = min(int(params.motion.chunk_frames), T) * frame * MOTION_COPIES if motion else 0
     patch_work = 0
     if params.patch.rf is not None:
-        patch_work = T * math.prod(min(2 * int(r) + 1, d) for r, d in zip(params.patch.rf, dims)) * 4 * PATCH_COPIES
+        patch_work = (_patch_frames(T, params) * math.prod(min(2 * int(r) + 1, d) for r, d in zip(params.patch.rf, dims))
+                      * 4 * PATCH_COPIES)
     block_work = BLOCK_COPIES * min(movie, BLOCK_BYTES)
     work = max(motion_work, patch_work, block_work)
     whole = 2 * movie if (whole_fov_fit or params.patch.rf is None) else 0
