@@ -58,14 +58,15 @@ _STEP = re.compile(r"somascope\.cnmf\.fit: cnmf (.+): ([\d.]+) s$")
 class TreeSampler:
     """Samples, for a process and its descendants, the summed ``read_chars`` and RSS.
 
-    A process that ends keeps counting with the last value read from it, so the cumulative
-    reads never go down. ``timeline`` holds ``(unix time, bytes read, rss bytes)`` rows.
+    Only live processes are summed: Linux adds a child's counters to its parent's when the
+    parent reaps it, so a finished worker's reads reappear in its parent's. The running
+    maximum is kept, so that the cumulative reads never go down between a child's end and its
+    reaping. ``timeline`` holds ``(unix time, bytes read, rss bytes)`` rows.
     """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.timeline: list[tuple[float, int, int]] = []
-        self._last_read: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -85,15 +86,17 @@ class TreeSampler:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
-        rss = 0
+        rss = read = 0
         for proc in procs:
             try:
                 with proc.oneshot():
-                    self._last_read[proc.pid] = proc.io_counters().read_chars
+                    read += proc.io_counters().read_chars
                     rss += proc.memory_info().rss
             except psutil.Error:
                 continue
-        self.timeline.append((time.time(), sum(self._last_read.values()), rss))
+        if self.timeline:
+            read = max(read, self.timeline[-1][1])
+        self.timeline.append((time.time(), read, rss))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -174,10 +177,7 @@ def run_movie(folder: Path, work: Path, *, fr: float, radius: float, keep: bool)
                      "passes": read / store_bytes, "peak GB": peak / 2**30})
     total_read = sampler.timeline[-1][1] if sampler.timeline else 0
     peak = max((r[2] for r in sampler.timeline), default=0)
-    staged = sum(r["read GB"] for r in rows if not r["stage"].startswith("cnmf: ")) * 1e9
-    rows.append({"stage": "outside the stages (start-up, imports)", "seconds": float("nan"),
-                 "read GB": (total_read - staged) / 1e9, "passes": (total_read - staged) / store_bytes,
-                 "peak GB": float("nan")})
+
     res = load_results(out / "results.h5")
     est = res.estimates
     truth = Estimates.load(folder / "ground_truth.h5")

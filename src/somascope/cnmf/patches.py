@@ -15,14 +15,14 @@ components on the binned patch (``init.method``, ``init.K`` per patch, space dow
 ``patch.p_ssub``, ``patch.nb_patch`` background components), their traces brought back to
 every frame. With ``patch.only_init=False`` it instead runs the whole CNMF on the full-rate
 patch (AR order ``patch.p_patch``; the patch is held in memory). Each patch then screens its
-components on the full-rate frames it kept: those whose trace SNR or spatial consistency falls
-to ``quality.SNR_lowest`` / ``quality.rval_lowest`` are dropped (clearly not cells) — unless,
-in a long recording whose frames were sampled, the binned trace over the whole recording
-passes (a cell that fired only outside the samples). A patch keeps only the components whose
-centre lies in the part of the patch it *owns*: the overlaps are split down the middle, so the
-owned parts tile the field of view. A neuron whose centre is owned by a patch lies whole in it
-whenever ``stride`` is at least a neuron's diameter, so each neuron is kept once, from the
-patch that sees all of it.
+components on the full-rate frames it kept, each noise segment taken as a recording of its
+own: those whose trace SNR or spatial consistency falls to ``quality.SNR_lowest`` /
+``quality.rval_lowest`` in every segment are dropped (clearly not cells; a component's SNR
+grows with the frames it is measured over, so a long recording is screened like a short one).
+A patch keeps only the components whose centre lies in the part of the patch it *owns*: the
+overlaps are split down the middle, so the owned parts tile the field of view. A neuron whose
+centre is owned by a patch lies whole in it whenever ``stride`` is at least a neuron's
+diameter, so each neuron is kept once, from the patch that sees all of it.
 
 *Reduce* (:func:`combine_patches`): footprints are embedded in the full field of view; the
 pixel noise is taken from the patch that owns each pixel; every patch's background
@@ -228,7 +228,7 @@ def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
     from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
 
     from .fit import _fit
-    from .initialization import downsample, initialize
+    from .initialization import initialize
 
     source, patch, params = item
     T = int(source.shape[0])
@@ -253,23 +253,17 @@ def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
         sn = estimate_noise_segments(segments, dec.noise_range, dec.noise_method)
         init = initialize(binned, pp, n_frames=T)
         A, C, b, f = init.A, init.C, init.b, init.f
+        del binned
+        # the screen looks at the full-rate frames kept: each segment as a recording of its
+        # own (a component passes when it passes in one of them), so that a long recording's
+        # components are judged as a short one's are — the trace SNR of the same component
+        # grows with the number of frames it is measured over
         keep = np.zeros(0, np.int64)
-        if A.shape[1]:
-            # the screen looks at the full-rate frames kept (joined end to end) ...
-            frames = np.concatenate([np.arange(t0, t1) for t0, t1 in ranges])
-            Y = np.concatenate(segments).reshape((-1,) + patch.shape)
-            keep = _screen(Y, A, C[:, frames], b, f[:, frames], pp)
-            del Y
-            if frames.size < T and keep.size < A.shape[1]:
-                # ... and, when they are a sample of a long recording, a component dropped
-                # there is kept if its binned trace shows an event (a rarely firing cell)
-                others = np.setdiff1d(np.arange(A.shape[1]), keep)
-                Cb, fb = (downsample(np.asarray(X, np.float32).T[:, :, None], 1, tsub)[:, :, 0].T
-                          for X in (C, f))
-                binned_pp = dataclasses.replace(pp, data=dataclasses.replace(pp.data, fr=pp.data.fr / tsub))
-                rescued = _screen(binned, A[:, others], Cb[others], b, fb, binned_pp)
-                keep = np.union1d(keep, others[rescued])
-        del binned, segments
+        for (t0, t1), seg in zip(ranges, segments):
+            if A.shape[1]:
+                keep = np.union1d(keep, _screen(seg.reshape((-1,) + patch.shape), A, C[:, t0:t1], b,
+                                                f[:, t0:t1], pp))
+        del segments
     n_found = int(A.shape[1])
     n_screened = n_found - keep.size
     if keep.size:

@@ -44,7 +44,7 @@ EMPTY_BAND_DECADES = 12.0
 #: evenly spaced segments of :data:`NOISE_SEGMENT_FRAMES` frames beyond it, so its cost stops
 #: growing with the recording (CaImAn's ``max_num_samples_fft`` plays the same role).
 NOISE_MAX_FRAMES = 4096
-NOISE_SEGMENT_FRAMES = 1024
+NOISE_SEGMENT_FRAMES = 512
 
 
 def check_noise_range(noise_range: Sequence[float]) -> tuple[float, float]:
