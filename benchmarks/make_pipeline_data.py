@@ -134,6 +134,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         "neuron_radius": float(args.radius), "motion": None if args.motion == "none" else args.motion,
         "max_shift": float(args.max_shift), "snr": float(args.snr), "format": args.format,
         "dtype": args.dtype if args.format == "tif" else "float32",
+        # only when given, so that folders made before the option existed are still reused
+        **({"bleach_time": float(args.bleach_time)} if args.bleach_time is not None else {}),
     }
 
 
@@ -177,6 +179,7 @@ def make_pipeline_data(args: argparse.Namespace) -> dict[str, Any]:
         frame_rate=request["frame_rate"], decay_time=request["decay_time"],
         neuron_radius=request["neuron_radius"], motion=request["motion"], max_shift=request["max_shift"],
         snr=request["snr"], seed=request["seed"], out=zarr_path, overwrite=True,
+        **({"bleach_time": request["bleach_time"]} if "bleach_time" in request else {}),
         chunk_frames=args.chunk_frames, progress=not args.quiet,
     )
     t_sim = time.perf_counter() - t_start
@@ -261,6 +264,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--motion", choices=("rigid", "nonrigid", "none"), default="rigid")
     p.add_argument("--max-shift", type=float, default=5.0, help="largest rigid displacement, px")
     p.add_argument("--snr", type=float, default=1.0, help="one spike's amplitude over the noise std")
+    p.add_argument("--bleach-time", type=float, default=None,
+                   help="bleaching time constant, s (default: the simulator's 1000 s, which leaves 4 %% "
+                        "of the fluorescence after an hour; give a longer one for long recordings)")
     p.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk (simulation and TIFF)")
     p.add_argument("--keep-zarr", action="store_true", help="keep the simulator's float32 Store next to the TIFF")
     p.add_argument("--overwrite", action="store_true", help="make it again even if DIR holds the same request")

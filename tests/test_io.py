@@ -188,6 +188,39 @@ def test_iter_chunks_covers_every_frame_once(frames: np.ndarray) -> None:
     assert frames.min() >= 0
 
 
+def test_read_ahead_keeps_order_reads_one_range_ahead_and_raises_where_it_failed() -> None:
+    import threading
+
+    from somascope.io.chunks import frame_ranges, read_ahead
+
+    ranges = frame_ranges(25, 10)
+    assert ranges == [(0, 10), (10, 20), (20, 25)]
+    log, threads = [], set()
+
+    def read(t0: int, t1: int) -> list[int]:
+        log.append(t0)
+        threads.add(threading.current_thread().name)
+        return list(range(t0, t1))
+
+    got = []
+    for t0, t1, values in read_ahead(read, ranges):
+        assert len(log) <= len(got) + 2  # the range yielded and at most the next one
+        got.append((t0, t1, values))
+    assert [(a, b) for a, b, _ in got] == ranges and got[1][2] == list(range(10, 20))
+    assert all(name.startswith("read-ahead") for name in threads)  # not the caller's thread
+
+    def fail_at_ten(t0: int, t1: int) -> int:
+        if t0 == 10:
+            raise OSError("disk error at 10")
+        return t0
+
+    seen = []
+    with pytest.raises(OSError, match="at 10"):
+        for t0, _, _ in read_ahead(fail_at_ten, ranges):
+            seen.append(t0)
+    assert seen == [0]
+
+
 def test_movie_pickles_as_paths(tmp_path: Path, frames: np.ndarray) -> None:
     tifffile.imwrite(tmp_path / "m.tif", frames)
     movie = open_movie(tmp_path / "m.tif")

@@ -100,6 +100,7 @@ def iter_chunks(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=stop - start, desc=desc or "reading", unit="frame", leave=False)
+
     def read(t0: int, t1: int) -> np.ndarray:
         block = np.asarray(source[t0:t1], dtype=dtype)
         if isinstance(source, np.ndarray) and np.may_share_memory(block, source):
