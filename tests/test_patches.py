@@ -580,6 +580,13 @@ def test_bounded_bins_and_noise_segments_still_find_the_cells(sim, patch_params,
     assert abs(np.median(ratio) - 1) < 0.03 and np.percentile(np.abs(ratio - 1), 95) < 0.25
 
 
+def test_full_cnmf_in_each_patch_finds_the_cells(sim, patch_params) -> None:
+    """``patch.only_init=False``: each patch reads its whole window and runs the whole CNMF."""
+    est = fit(sim.movie, patch_params.replace(**{"patch.only_init": False}))
+    assert est.C.shape == (est.K, sim.n_frames)
+    assert f1_accepted(sim, est) >= 0.85
+
+
 # ----------------------------------------------------------------------------- errors
 
 
