@@ -152,14 +152,16 @@ def update_spatial(
         if region.shape[1] != K:
             raise ValueError(f"support has {region.shape[1]} columns but A has K={K} components.")
 
-    C64 = C.astype(np.float64)
-    f64 = f.astype(np.float64)
-    Cf = np.vstack([C64, f64]) if update_bg else C64
+    # one float64 (K [+ nb]) × T copy of the traces (hundreds of MB for a long recording)
+    Cf = np.empty((K + (nb if update_bg else 0), T))
+    Cf[:K] = C
+    if update_bg:
+        Cf[K:] = f
     # Every pixel also gets a free constant (an intercept): the statistics are centred in time.
     mean_cf = Cf.mean(axis=1)
     V = Cf @ Cf.T - T * np.outer(mean_cf, mean_cf)
-    centred_C = C64 - C64.mean(axis=1, keepdims=True)
-    energy = np.linalg.norm(centred_C, axis=1)
+    C64 = Cf[:K]  # a view
+    energy = np.sqrt([np.dot(row - m, row - m) for row, m in zip(C64, mean_cf[:K])])  # no K × T copy
     weight = energy if sp_par.normalize_yyt_one else np.full(K, energy.max(initial=0.0))
     nnls_l0 = sp_par.method_ls == "nnls_L0"
 
@@ -170,7 +172,8 @@ def update_spatial(
     U -= T * ymean[rows] * mean_cf[system.comp]
     if not update_bg and nb:
         # fixed background: remove b·f from the data, i.e. b_p·(f·Cᵀ) from U (centred)
-        cross = (f64 - f64.mean(axis=1, keepdims=True)) @ centred_C.T  # (nb, K)
+        f64 = np.asarray(f, dtype=np.float64)
+        cross = (f64 - f64.mean(axis=1, keepdims=True)) @ C64.T  # (nb, K); centring C adds nothing
         U -= np.einsum("ej,je->e", b_in[rows], cross[:, system.comp])
     if yy is not None:
         yy = yy - T * ymean**2

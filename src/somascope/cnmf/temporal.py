@@ -115,8 +115,8 @@ def update_temporal(
     K = A.shape[1]
     b = np.asarray(b, dtype=np.float64).reshape(P, -1) if np.size(b) else np.zeros((P, 0))
     nb = b.shape[1]
-    C = np.asarray(C, dtype=np.float64)
-    f = np.asarray(f, dtype=np.float64).reshape(nb, T) if nb else np.zeros((0, T))
+    C = np.asarray(C)
+    f = np.asarray(f).reshape(nb, T) if nb else np.zeros((0, T))
     if C.shape != (K, T):
         raise ValueError(f"C must be K × T = ({K}, {T}), got shape {C.shape}.")
     p = params.deconvolution.p
@@ -133,10 +133,14 @@ def update_temporal(
         raise ValueError(f"components {bad.tolist()} have empty footprints; drop them before "
                          "the temporal update.")
     diag[diag <= 0] = 1.0
-    X = np.vstack([C, f])
-    AbY = project_movie(Y2, Ab, params.temporal.block_size_temp)
+    # the traces and residuals are the update's only (K + nb) × T arrays: float64, built in place
+    # (a long recording's traces are hundreds of MB each)
+    X = np.empty((K + nb, T))
+    X[:K], X[K:] = C, f
     # R = raw − X for every row, kept up to date as rows change.
-    R = (AbY - AA @ X) / diag[:, None]
+    R = project_movie(Y2, Ab, params.temporal.block_size_temp)
+    R -= AA @ X
+    R /= diag[:, None]
 
     out = _Outputs.empty(K, T, p)
     groups = update_order(A)
