@@ -438,8 +438,8 @@ def test_fit_input_errors(tiny: simulate.Simulation, tiny_params: Params) -> Non
         fit(movie[:10], tiny_params)
     with pytest.raises(ValueError, match="describe 3-D frames"):
         fit(movie, Params.from_neuron((2, 4, 4), fr=FR))
-    with pytest.raises(ParameterError, match="ring background"):
-        fit(movie, tiny_params.replace(nb=0))
+    with pytest.raises(ValueError, match="ring background.*T × H × W"):
+        fit(np.zeros((20, 2, 8, 8), np.float32), Params.from_neuron((1, 2, 2), fr=FR).replace(nb=0))
     with pytest.raises(ParameterError, match="seed_masks=masks"):
         fit(movie, tiny_params.replace(method="seeded", K=None))
     with pytest.raises(TypeError, match="Params or a dict"):

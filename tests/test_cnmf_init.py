@@ -399,8 +399,6 @@ def test_clear_errors_for_bad_input(sim: simulate.Simulation) -> None:
 def test_clear_errors_for_methods_and_sizes(sim: simulate.Simulation) -> None:
     with pytest.raises(ParameterError, match="seed_masks"):
         initialize(sim.movie, params(), method="seeded")
-    with pytest.raises(ParameterError, match="CNMF-E"):
-        initialize(sim.movie, params(), method="greedy_corr")
     with pytest.raises(ParameterError, match="not a known"):
         initialize(sim.movie, params(), method="magic")
     with pytest.raises(ParameterError, match="lower K"):

@@ -106,8 +106,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.preset == "hard":
-        if args.kind != "2p":
-            raise SystemExit("--preset hard is a two-photon family; use --kind 2p.")
+        if args.kind not in ("2p", "1p"):
+            raise SystemExit("--preset hard is a two-photon or one-photon family; use --kind 2p or --kind 1p.")
         hard: dict[str, Any] = {"n_frames": args.frames, "frame_rate": args.fr, "seed": args.seed,
                                 "motion": "rigid" if args.motion is None else args.motion, "progress": not args.quiet}
         if args.dims:
@@ -116,7 +116,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             hard["neuron_radius"] = args.radius
         if args.decay_time is not None:
             hard["decay_time"] = args.decay_time
-        sim = simulate.two_photon(**hard, preset="hard")
+        sim = (simulate.one_photon if args.kind == "1p" else simulate.two_photon)(**hard, preset="hard")
         simulate.write_ground_truth_folder(sim, out)
         print(simulate.describe(sim))
         print(f"wrote {out / 'movie.tif'}, {out / 'gt.npz'}")
@@ -270,6 +270,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = _parse_set(args.set)
     if args.pw_rigid is not None:
         overrides["motion.pw_rigid"] = args.pw_rigid
+    if getattr(args, "one_photon", False):
+        overrides["data.is_1p"] = True
     return overrides
 
 
@@ -331,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["tif", "zarr", "h5"], default="tif",
                    help="movie file format (zarr is written out-of-core, for movies larger than memory)")
     p.add_argument("--preset", choices=["easy", "hard"], default="easy",
-                   help="hard: the dense, dim two-photon family, written in the dev_sim layout (movie.tif + gt.npz)")
+                   help="hard: the dense, dim two-photon family (--kind 2p) or the micro-endoscope-like one-photon "
+                        "family (--kind 1p), written in the dev_sim layout (movie.tif + gt.npz)")
     p.add_argument("--radius", type=float, default=None, help="hard preset: neuron radius, px")
     p.add_argument("--decay-time", type=float, default=None, help="hard preset: typical decay time, s")
     p.set_defaults(func=cmd_simulate)
@@ -373,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-time", type=float, metavar="S", help="indicator decay time, s (GCaMP6f ≈ 0.4)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set quality.min_SNR=3 (repeatable)")
+    p.add_argument("--1p", dest="one_photon", action="store_true",
+                   help="one-photon data (micro-endoscope, widefield): CNMF-E ring background, GreedyCorr "
+                        "seeds, high-pass motion estimation (data.is_1p)")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction (the movie is already registered)")
     _add_pw_rigid_arg(p)
     p.add_argument("--scheduler", default="local",
@@ -380,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")
     p.add_argument("--force", action="store_true", help="run every stage again")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
-                   help="run again from this stage on: motion, summary, cnmf, quality, refit, traces, results")
+                   help="run again from this stage on: motion, summary, background, cnmf, quality, refit, traces, results")
     p.add_argument("--nwb", action="store_true", help="also write OUT/results.nwb")
     p.set_defaults(func=cmd_run)
 

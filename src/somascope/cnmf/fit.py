@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 MERGE_ROUNDS = 1
 #: Fewest frames CNMF accepts (noise and time-constant estimation need them).
 MIN_FRAMES = 16
+#: Global background components fitted, after the ring background, to what it leaves
+#: (one-photon data, ``init.nb = 0``).
+RING_RESIDUAL_NB = 1
 #: Seed of every randomized start (randomized SVD of background / sparse NMF).
 SEED = 0
 
@@ -97,7 +100,7 @@ def fit(
     Raises
     ------
     ParameterError
-        Parameters that cannot run here (``init.nb`` 0 or -1, ``seeded`` without masks, …).
+        Parameters that cannot run here (``init.nb`` -1, ``seeded`` without masks, …).
     ValueError
         A movie of the wrong shape, too short, or with NaN / infinite values.
     """
@@ -192,6 +195,10 @@ def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
 def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
          allow_refit: bool, evaluate: bool = True, patches: bool = True) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
+    if params.init.nb == 0:
+        # one-photon data: the ring background is subtracted first, CNMF runs on what is left
+        return _fit_ring(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
+                         allow_refit=allow_refit, evaluate=evaluate, patches=patches)
     in_patches = patches and seed_masks is None and _uses_patches(params, _check_shape(source, params))
     steps = _Steps(progress, total=5 + int(evaluate) + int(evaluate and allow_refit and params.quality.refit))
     t_start = time.perf_counter()
@@ -256,6 +263,19 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
     log.info("CNMF: %d components (%d accepted) in %.1f s", est.K, est.accepted_indices.size,
              time.perf_counter() - t_start)
     return est
+
+
+def _fit_ring(source: Any, params: Any, **kwargs: Any) -> Estimates:
+    """CNMF with the CNMF-E ring background (``init.nb = 0``): the ring model is fitted and
+    subtracted (:mod:`~somascope.cnmf.ring`; a Store gets a background-subtracted Store beside
+    it, ``<name>-ring.zarr``, other sources an array), then CNMF runs on the result with
+    :data:`RING_RESIDUAL_NB` global components for what the ring leaves. A Store that is
+    already background-subtracted (the pipeline's ``background`` stage) is used as it is."""
+    from .ring import is_ring_subtracted, ring_subtracted
+
+    bs = source if is_ring_subtracted(source) else ring_subtracted(source, params, progress=kwargs["progress"])
+    est = _fit(bs, params.replace(nb=RING_RESIDUAL_NB), **kwargs)
+    return dataclasses.replace(est, params=params.to_dict())
 
 
 def _initialise(Y: np.ndarray, params: Any, seed_masks: Any) -> Any:
@@ -408,10 +428,6 @@ def _check_model(params: Any, *, seeded: bool) -> None:
     from somascope.params import ParameterError
 
     nb = params.init.nb
-    if nb == 0:
-        raise ParameterError("init.nb=0 selects the CNMF-E ring background of one-photon data, "
-                             "which arrives with the one-photon pipeline. Fix: use init.nb ≥ 1 "
-                             "(global low-rank background) or -2 (none).")
     if nb == -1:
         raise ParameterError("init.nb=-1 (full-rank background) only exists inside patches of the "
                              "patch pipeline. Fix: use init.nb ≥ 1, or -2 for no background.")

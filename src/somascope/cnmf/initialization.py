@@ -971,9 +971,6 @@ _REGISTRY: dict[str, _Registered] = {}
 _NOT_HERE = {
     "seeded": "seeded initialisation starts from given masks. Fix: pass them to "
               "somascope.cnmf.fit(..., seed_masks=masks)",
-    "greedy_corr": "GreedyCorr (correlation × peak-to-noise seeds) arrives with CNMF-E, the "
-                   "one-photon pipeline, and is not available yet. Fix: use 'greedy_roi', "
-                   "'rolling_greedy_roi' or 'sparse_nmf' for now",
 }
 
 
@@ -1060,7 +1057,16 @@ def _run_sparse_nmf(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> I
                       surround=None if not SURROUND else tuple(SURROUND * g for g in gsig))
 
 
+def _run_greedy_corr(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> Initialization:
+    from .greedy_corr import greedy_corr
+
+    gsig, gsiz = _scaled_sizes(params, ssub)
+    return greedy_corr(Y, gsig, gsiz, min_corr=params.init.min_corr, min_pnr=params.init.min_pnr,
+                       K=params.init.K, nb=params.init.nb)
+
+
 register_method("greedy_roi", _run_greedy_roi)
+register_method("greedy_corr", _run_greedy_corr)
 register_method("rolling_greedy_roi", _run_rolling_greedy_roi)
 register_method("sparse_nmf", _run_sparse_nmf)
 
@@ -1103,8 +1109,7 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None,
         ``n_frames`` frames).
 
     Raises:
-        ParameterError: unknown method, ``seeded`` (needs masks) or ``greedy_corr`` (not yet
-            available), ``K`` missing or larger than the (downsampled) number of pixels, or
+        ParameterError: unknown method, ``seeded`` (needs masks), ``K`` missing or larger than the (downsampled) number of pixels, or
             parameters with a different number of spatial axes than ``Y``.
     """
     from somascope.params import Params as _Params

@@ -121,6 +121,7 @@ class RunContext:
     records: list[StageRecord] = field(default_factory=list)
     _products: dict[str, dict[str, Any]] = field(default_factory=dict)
     _store: Any = None
+    _analysis_store: Any = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,6 +144,17 @@ class RunContext:
 
             self._store = Store.open(self.folder("motion") / "movie.zarr")
         return self._store
+
+    def analysis_store(self) -> Any:
+        """The Store CNMF and the quality tests read: the background stage's movie without the
+        ring background for one-photon data (``init.nb = 0``), else the motion stage's."""
+        if self.params.init.nb != 0:
+            return self.store()
+        if self._analysis_store is None:
+            from ..store import Store
+
+            self._analysis_store = Store.open(self.folder("background") / "movie.zarr")
+        return self._analysis_store
 
     def motion_result(self) -> Any:
         """The :class:`~somascope.motion.MotionResult` (None with motion correction off)."""

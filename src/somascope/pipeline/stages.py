@@ -151,6 +151,31 @@ def run_summary(ctx: Any, folder: Path) -> Outcome:
     return Outcome(f"{len(images.images())} images", sorted(written), {"summary": images})
 
 
+# -- background -----------------------------------------------------------------------------
+def background_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    init = ctx.params.init
+    if init.nb != 0:
+        return {"init.nb": init.nb}, {}
+    return {"init.nb": 0, "init.gSiz": list(init.gSiz), "init.ring_size_factor": init.ring_size_factor,
+            "init.ssub_B": init.ssub_B}, {}
+
+
+def run_background(ctx: Any, folder: Path) -> Outcome:
+    """One-photon data (``init.nb = 0``): fit the CNMF-E ring background and write the movie
+    without it to ``folder/movie.zarr`` (what CNMF and the quality tests read) and the model to
+    ``folder/ring.npz``. Two-photon data: nothing (their background is low-rank, inside CNMF)."""
+    if ctx.params.init.nb != 0:
+        return Outcome(f"off (init.nb={ctx.params.init.nb}: low-rank background inside CNMF)", [], {})
+    from ..cnmf.ring import fit_ring_model, save_ring_model, subtract_ring_background
+
+    model = fit_ring_model(ctx.store(), ctx.params, progress=ctx.progress)
+    save_ring_model(model, folder / "ring.npz")
+    subtract_ring_background(ctx.store(), model, folder / "movie.zarr", progress=ctx.progress)
+    per_pixel = model.W.nnz / max(model.W.shape[0], 1)
+    return Outcome(f"ring model: radius {model.radius:.1f} px, {per_pixel:.0f} weights per pixel "
+                   f"(space ÷{model.ssub_B}); background subtracted", ["movie.zarr", "ring.npz"], {})
+
+
 # -- cnmf -----------------------------------------------------------------------------------
 def cnmf_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     p = dotted(ctx.params, CNMF_GROUPS)
@@ -164,7 +189,7 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
     """CNMF on the Store (patches on the engine's workers when ``patch.rf`` is set), not evaluated."""
     from ..cnmf import fit
 
-    est = fit(ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
+    est = fit(ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
     return Outcome(f"{est.K} components", _estimates_file(folder, est), {"estimates": est})
 
 
@@ -182,7 +207,7 @@ def run_quality(ctx: Any, folder: Path) -> Outcome:
 
     est = ctx.estimates("cnmf")
     if est.K:
-        est = evaluate_components(est, ctx.store(), ctx.params, progress=ctx.progress)
+        est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress)
     else:
         est = dataclasses.replace(est, idx_components=np.zeros(0, np.int64), idx_components_bad=np.zeros(0, np.int64))
     return Outcome(_accept_detail(est), _estimates_file(folder, est), {"estimates": est})
@@ -205,8 +230,9 @@ def run_refit(ctx: Any, folder: Path) -> Outcome:
     from ..cnmf import refit
     from ..evaluation import evaluate_components
 
-    new = refit(est, ctx.store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
-    new = evaluate_components(new, ctx.store(), ctx.params, progress=ctx.progress) if new.K else new
+    new = refit(est, ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress,
+                evaluate=False)
+    new = evaluate_components(new, ctx.analysis_store(), ctx.params, progress=ctx.progress) if new.K else new
     return Outcome(f"refit {est.accepted_indices.size} seeds: " + _accept_detail(new),
                    _estimates_file(folder, new), {"estimates": new})
 
@@ -278,7 +304,9 @@ def run_results(ctx: Any, folder: Path) -> Outcome:
 STAGES: tuple[Stage, ...] = (
     Stage("motion", (), "motion_depends", "run_motion", "motion correction → float32 Store"),
     Stage("summary", ("motion",), "summary_depends", "run_summary", "summary images"),
-    Stage("cnmf", ("motion",), "cnmf_depends", "run_cnmf", "CNMF: patches, initialisation, updates, merging"),
+    Stage("background", ("motion",), "background_depends", "run_background",
+          "one-photon: ring background model, subtracted"),
+    Stage("cnmf", ("background",), "cnmf_depends", "run_cnmf", "CNMF: patches, initialisation, updates, merging"),
     Stage("quality", ("cnmf",), "quality_depends", "run_quality", "quality tests → accepted / rejected"),
     Stage("refit", ("quality",), "refit_depends", "run_refit", "refit seeded with the accepted components"),
     Stage("traces", ("refit",), "traces_depends", "run_traces", "deconvolution and ΔF/F"),

@@ -5,8 +5,11 @@
 level); :func:`sessions` simulates several sessions of one field of view with known
 deformations and cell identities (:func:`identity_matches`). ``two_photon(preset="hard")``
 is a dense, dim, cluttered family calibrated on an independent simulator
-(:mod:`~somascope.simulate.hard`); :func:`write_ground_truth_folder` writes a simulation in
-the ``dev_sim`` layout (``movie.tif`` uint16 + ``gt.npz``). Every random ingredient is
+(:mod:`~somascope.simulate.hard`), and ``one_photon(preset="hard")`` its micro-endoscope-like
+one-photon counterpart — broad scattered somata 2–8 % above a large, fluctuating, vignetted
+background (:mod:`~somascope.simulate.hard_1p`); both vary with ``dims``, ``n_frames``,
+``frame_rate``, ``neuron_radius`` and ``decay_time``. :func:`write_ground_truth_folder` writes
+a simulation in the ``dev_sim`` layout (``movie.tif`` uint16 + ``gt.npz``). Every random ingredient is
 drawn from its own stream of ``seed``, so one seed always gives the same movie, in memory or
 written out of core to a :class:`somascope.store.Store`.
 """

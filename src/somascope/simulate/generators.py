@@ -308,6 +308,7 @@ def one_photon(
     chunk_frames: int | None = None,
     n_threads: int | None = None,
     progress: bool = False,
+    preset: str | None = None,
 ) -> Simulation:
     """Simulate a one-photon (miniscope / widefield) movie ``T×H×W`` with ground truth.
 
@@ -317,8 +318,28 @@ def one_photon(
     with their own fluctuations (20 %, 2 s), vignetting (corners ``vignette_strength``
     darker; fixed to the camera, so it does not move with the tissue), faster bleaching and
     a low ``snr``.
+
+    ``preset="hard"`` switches to the hard one-photon family
+    (:mod:`somascope.simulate.hard_1p`): a micro-endoscope-like movie in photons — dense,
+    broad, scattered somata 2–8 % above a ~150 photons/pixel background that fluctuates,
+    bleaches and is vignetted — calibrated on an independent simulator. Only ``dims``,
+    ``n_frames``, ``frame_rate``, ``decay_time`` (typical per-cell decay, s), ``neuron_radius``
+    (px; the number of cells follows from it), ``motion`` (``"rigid"``: drift with jumps, or
+    None), ``seed``, ``out`` and the rendering options (``interp_order``, ``overwrite``,
+    ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
+    ``preset=None`` or ``"easy"`` is the model above.
     """
-    return simulate(dict(locals()), "one_photon")
+    p = dict(locals())
+    preset = p.pop("preset")
+    if preset == "hard":
+        from .hard_1p import simulate_hard_1p
+
+        keys = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
+                "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
+        return simulate_hard_1p(**{k: p[k] for k in keys})
+    if preset not in (None, "easy"):
+        raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
+    return simulate(p, "one_photon")
 
 
 def volumetric(
