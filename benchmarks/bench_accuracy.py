@@ -37,21 +37,26 @@ from score_gt import format_scores, score_footprints, score_run  # noqa: E402
 #: Decay time (s) from which a user names the indicator's decay (GCaMP6s-like) on the command line.
 SLOW_DECAY = 1.0
 DEV_2P = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev_sim" / "dev_2p"
+DEV_1P = DEV_2P.with_name("dev_1p")
 
 
-def movies(family: Path | None, dev: bool) -> list[dict[str, Any]]:
+def movies(family: Path | None, dev: bool, dev_1p: bool = False) -> list[dict[str, Any]]:
     """The movies to run: ``name``, ``folder``, ``fr``, ``radius``, ``decay`` (s; None: not known
-    to the user, the run gets no ``--decay-time``)."""
+    to the user, the run gets no ``--decay-time``), ``kind`` (``2p``/``1p``: one-photon movies are
+    run with ``--1p``)."""
     out = []
-    if dev:
-        gt = np.load(DEV_2P / "gt.npz", allow_pickle=True)
-        p = json.loads(str(gt["params"]))
-        # run as the issue's user does: --fr and --radius only (decay 0.4–1.5 s, GCaMP6f-like)
-        out.append({"name": "dev_2p", "folder": DEV_2P, "fr": p["fs"], "radius": p["radius"], "decay": None})
+    for wanted, folder, kind in ((dev, DEV_2P, "2p"), (dev_1p, DEV_1P, "1p")):
+        if wanted:
+            gt = np.load(folder / "gt.npz", allow_pickle=True)
+            p = json.loads(str(gt["params"]))
+            # run as the issue's user does: --fr and --radius only (decay 0.4–1.5 s, GCaMP6f-like)
+            out.append({"name": folder.name, "folder": folder, "fr": p["fs"], "radius": p["radius"], "decay": None,
+                        "kind": kind})
     if family is not None:
-        for m in json.loads((family / "family.json").read_text())["members"]:
+        info = json.loads((family / "family.json").read_text())
+        for m in info["members"]:
             out.append({"name": m["name"], "folder": family / m["name"], "fr": m["fr"], "radius": m["radius"],
-                        "decay": m["decay"], "motion": m.get("motion")})
+                        "decay": m["decay"], "motion": m.get("motion"), "kind": info.get("kind", "2p")})
     return out
 
 
@@ -64,6 +69,8 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src:
            "--out", str(out), "--fr", str(movie["fr"]), "--radius", str(movie["radius"]), "-q"]
     if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY:
         cmd += ["--decay-time", str(movie["decay"])]
+    if movie.get("kind") == "1p":
+        cmd += ["--1p"]
     for s in sets:
         cmd += ["--set", s]
     if not keep:
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", type=Path, help="folder written by make_hard_family.py")
     ap.add_argument("--dev", action="store_true", help="also run ../shared/data/dev_sim/dev_2p")
+    ap.add_argument("--dev-1p", action="store_true", help="also run ../shared/data/dev_sim/dev_1p (with --1p)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/somascope-accuracy"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--keep", action="store_true", help="reuse finished stages in --work")
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. `git worktree add /tmp/base COMMIT` → /tmp/base/src) to measure a baseline")
     ap.add_argument("--suite2p", action="store_true", help="also run suite2p (benchmarks/peers) on every movie")
     args = ap.parse_args(argv)
-    todo = movies(args.family, args.dev)
+    todo = movies(args.family, args.dev, args.dev_1p)
     if args.only:
         todo = [m for m in todo if m["name"] in args.only]
     if not todo:

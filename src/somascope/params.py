@@ -40,7 +40,8 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
 * ``init.K`` = components per patch: ``round(0.6 × patch volume / neuron volume)`` (room
   for dense somata, dendrites and neuropil pieces: surplus candidates are merged away or
   rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf`` is None
-  (whole field of view).
+  (whole field of view); 1p: None (GreedyCorr stops when no pixel passes ``min_corr`` and
+  ``min_pnr``, as in CNMF-E).
 * ``init.ssub = p_ssub = max(1, floor(min(gSig) / 2.5))`` (keeps gSig ≥ 2.5 px after spatial
   downsampling); ``init.tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames per
   decay time after temporal downsampling); inside patches ``p_tsub = max(1,
@@ -52,6 +53,9 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   (out-of-focus neuropil, background, merged neighbours) are rejected. Thresholds: CaImAn's
   (``min_SNR`` 2.5, ``rval_thr`` 0.8, ``rval_lowest`` -1) but ``SNR_lowest`` 1 (not 0.5):
   chosen on dense, low-SNR movies across the hard family and ``dev_sim`` (docs/accuracy.md).
+  One-photon: ``min_SNR`` 1.5, ``SNR_lowest`` 0.5, ``rval_thr`` 0.6 — the traces of a
+  micro-endoscope's cells keep more of the background's noise, so true cells score lower;
+  chosen on the one-photon family and ``dev_sim/dev_1p`` (docs/one-photon.md).
 * ``deconvolution.bas_nonneg`` is off: a CNMF trace's baseline is whatever the background
   and the footprint's constant leave, often negative; constraining it to ≥ 0 zeroes the
   traces of real cells (8 % of them on a simulated 512×512 movie).
@@ -418,11 +422,16 @@ class InitParams(_Group):
             model (CNMF-E, one-photon); -1 full-rank background; -2 no background.
             CaImAn's ``gnb``.
         rolling_length: window of the rolling sum for ``rolling_greedy_roi``, frames.
-        min_corr: smallest local correlation of a GreedyCorr seed pixel, in [0, 1].
-        min_pnr: smallest peak-to-noise ratio of a GreedyCorr seed pixel.
+        min_corr: smallest local correlation of a GreedyCorr seed pixel, in [0, 1]
+            (correlation of the high-passed movie thresholded at 2 noise levels).
+        min_pnr: smallest peak-to-noise ratio of a GreedyCorr seed pixel (peak of the
+            high-passed movie over its white-noise level). 0.6 / 5 were chosen on the simulated
+            one-photon family and ``dev_sim/dev_1p`` (docs/one-photon.md); CaImAn's 0.8 / 10
+            apply to its own filtering and noise estimate and find a fraction of the cells here.
         ring_size_factor: radius of the CNMF-E background ring in units of gSiz / 2 (> 1).
         ssub_B: extra spatial downsampling of the ring background.
-        init_iter: GreedyCorr passes (each pass looks again in the residual).
+        init_iter: CaImAn's GreedyCorr passes; accepted for compatibility. GreedyCorr here
+            makes one pass that removes each neuron from the seed images as it is found.
         nIter: rank-1 refinement iterations per GreedyROI component.
         maxIter: HALS iterations after initialisation.
         normalize_init: equalise pixel noise levels before initialising.
@@ -443,8 +452,8 @@ class InitParams(_Group):
     tsub: int = 2
     nb: int = 3
     rolling_length: int = 100
-    min_corr: float = 0.8
-    min_pnr: float = 10.0
+    min_corr: float = 0.6
+    min_pnr: float = 5.0
     ring_size_factor: float = 1.5
     ssub_B: int = 2
     init_iter: int = 2
@@ -917,7 +926,9 @@ def _ceil(x: float) -> int:
 K_PER_NEURON_AREA = 0.6
 
 
-def _rule_K(v: dict[str, Any], ndim: int) -> int:
+def _rule_K(v: dict[str, Any], ndim: int) -> int | None:
+    if v["data.is_1p"]:
+        return None  # GreedyCorr stops when no pixel passes min_corr and min_pnr (CNMF-E)
     rf = v["patch.rf"]
     if rf is None:
         return 30
@@ -962,6 +973,9 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("motion.max_deviation_rigid", lambda v, n: _ceil(max(v["data.neuron_radius"]) / 2)),
     ("motion.gSig_filt", lambda v, n: tuple(v["init.gSig"]) if v["data.is_1p"] else None),
     ("motion.is3D", lambda v, n: n == 3),
+    ("quality.min_SNR", lambda v, n: 1.5 if v["data.is_1p"] else 2.5),
+    ("quality.SNR_lowest", lambda v, n: 0.5 if v["data.is_1p"] else 1.0),
+    ("quality.rval_thr", lambda v, n: 0.6 if v["data.is_1p"] else 0.8),
     ("quality.N_samples_exceptionality",
      lambda v, n: max(1, _ceil(v["data.fr"] * v["data.decay_time"]))),
     ("online.max_shifts_online", lambda v, n: _ceil(2 * max(v["data.neuron_radius"]))),

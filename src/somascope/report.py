@@ -369,7 +369,11 @@ def _summary_section(run: _Run) -> Section | None:
 def _components_section(run: _Run) -> Section:
     est = run.est
     background, bg_label = None, ""
-    if run.summary is not None:
+    if run.summary is not None and run.summary.corr_pnr is not None:
+        # one-photon: the raw correlation image shows the background; the high-passed
+        # correlation × peak-to-noise image (GreedyCorr's seed image) shows the cells
+        background, bg_label = run.summary.corr_pnr_product, "correlation × peak-to-noise image (high-passed)"
+    elif run.summary is not None:
         background, bg_label = run.summary.corr, "correlation image"
     elif run.motion is not None:
         background, bg_label = run.motion.mean_image, "mean of the corrected movie"

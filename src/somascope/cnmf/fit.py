@@ -292,6 +292,8 @@ def _initialise(Y: np.ndarray, params: Any, seed_masks: Any) -> Any:
     from .initialization import initialize
 
     dims = tuple(Y.shape[1:])
+    if params.init.K is None:  # GreedyCorr: as many as pass its thresholds
+        return initialize(Y, params)
     K_fov = components_per_fov(params, dims)
     run_params = params if K_fov == params.init.K else params.replace(K=K_fov)
     if K_fov != params.init.K:
@@ -431,7 +433,7 @@ def _check_model(params: Any, *, seeded: bool) -> None:
     if nb == -1:
         raise ParameterError("init.nb=-1 (full-rank background) only exists inside patches of the "
                              "patch pipeline. Fix: use init.nb ≥ 1, or -2 for no background.")
-    if not seeded and params.init.method != "seeded" and params.init.K is None:
+    if not seeded and params.init.method not in ("seeded", "greedy_corr") and params.init.K is None:
         raise ParameterError(f"init.K=None: method {params.init.method!r} needs the number of "
                              "components. Fix: set init.K.")
 

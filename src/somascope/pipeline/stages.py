@@ -36,6 +36,9 @@ log = logging.getLogger("somascope.pipeline")
 CNMF_GROUPS = ("data", "init", "patch", "merge", "temporal", "spatial", "deconvolution")
 #: Quality values CNMF uses too: each patch drops components at or below the lowest thresholds.
 CNMF_QUALITY_KEYS = ("quality.SNR_lowest", "quality.rval_lowest", "quality.N_samples_exceptionality")
+#: Share of smooth frame-to-frame changes above which a movie run as two-photon gets a warning
+#: that it looks one-photon (simulated one-photon movies 0.47–0.54, two-photon 0.00–0.10).
+ONE_PHOTON_SHARE = 0.3
 #: Block length (frames) of the max-correlation image.
 MAX_CORR_FRAMES = 1000
 #: ΔF/F: percentile of the baseline when not chosen automatically, and the running window (s).
@@ -165,7 +168,17 @@ def run_background(ctx: Any, folder: Path) -> Outcome:
     without it to ``folder/movie.zarr`` (what CNMF and the quality tests read) and the model to
     ``folder/ring.npz``. Two-photon data: nothing (their background is low-rank, inside CNMF)."""
     if ctx.params.init.nb != 0:
-        return Outcome(f"off (init.nb={ctx.params.init.nb}: low-rank background inside CNMF)", [], {})
+        detail = f"off (init.nb={ctx.params.init.nb}: low-rank background inside CNMF)"
+        if not ctx.params.data.is_1p and ctx.params.ndim == 2:
+            from ..summary import smooth_change_share
+
+            share = smooth_change_share(ctx.store(), float(np.mean(ctx.params.data.neuron_radius)))
+            if share > ONE_PHOTON_SHARE:
+                log.warning("this movie looks one-photon: %.0f %% of its frame-to-frame changes are spatially "
+                            "smooth, like a micro-endoscope's background (two-photon movies: under 15 %%). If it is "
+                            "a one-photon recording, run again with --1p (data.is_1p=true).", 100 * share)
+                detail += f"; looks one-photon ({100 * share:.0f} % smooth changes): consider --1p"
+        return Outcome(detail, [], {})
     from ..cnmf.ring import fit_ring_model, save_ring_model, subtract_ring_background
 
     model = fit_ring_model(ctx.store(), ctx.params, progress=ctx.progress)
@@ -243,7 +256,7 @@ def dff_settings(ctx: Any) -> dict[str, Any]:
     T = int(ctx.shape[0])
     window = int(round(DFF_WINDOW_SECONDS * ctx.params.data.fr))
     return {"quantile_min": DFF_QUANTILE_MIN, "frames_window": window if window < T else None,
-            "flag_auto": True, "use_residuals": True, "detrend_only": bool(ctx.params.data.is_1p)}
+            "flag_auto": True, "use_residuals": True, "detrend_only": False}
 
 
 def traces_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -256,14 +269,24 @@ def run_traces(ctx: Any, folder: Path) -> Outcome:
     est = ctx.estimates("refit")
     if est is None:  # refit off, or nothing to refit
         est = ctx.estimates("quality")
-    est = final_traces(est, ctx.params, dff_settings(ctx), engine=ctx.engine)
+    baseline = None
+    if ctx.params.init.nb == 0:  # one-photon: F0 includes the ring model's mean background image
+        from ..cnmf.ring import load_ring_model
+
+        baseline = load_ring_model(ctx.folder("background") / "ring.npz").b0
+    est = final_traces(est, ctx.params, dff_settings(ctx), engine=ctx.engine, baseline=baseline)
     return Outcome(f"{est.K} traces deconvolved (AR({ctx.params.deconvolution.p})), ΔF/F",
                    _estimates_file(folder, est), {"estimates": est})
 
 
-def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None) -> Any:
+def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None,
+                 baseline: np.ndarray | None = None) -> Any:
     """``est`` with ``C, S, YrA, bl, g, c1, lam, neurons_sn`` from one deconvolution of the raw
     traces ``C + YrA`` (K × T) with ``params.deconvolution``, and ``F_dff`` from them.
+
+    ``baseline`` (``(pixels,)``, movie units): the background image under the components when
+    it is not in ``est.b · est.f`` — the ring model's mean image ``b0`` of one-photon data, whose
+    CNMF ran on the movie without it; F0 of the ΔF/F then includes it.
 
     The raw trace is kept: ``C_new + YrA_new == C + YrA`` (``YrA`` holds the baseline ``bl``).
     ``engine`` (an :class:`EngineHandle` or Engine) is used for :data:`TRACES_ENGINE_MIN` traces
@@ -282,7 +305,10 @@ def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None)
     d = deconvolve_traces(raw, params=params.deconvolution, engine=eng)
     C = d.C.astype(np.float32)
     YrA = (raw - C).astype(np.float32)
-    F = detrend_df_f(est.A, est.b, C, est.f, YrA, quantile_min=dff["quantile_min"],
+    b, f = est.b, est.f
+    if baseline is not None:
+        b, f = np.asarray(baseline, np.float32)[:, None], np.ones((1, C.shape[1]), np.float32)
+    F = detrend_df_f(est.A, b, C, f, YrA, quantile_min=dff["quantile_min"],
                      frames_window=dff["frames_window"], flag_auto=dff["flag_auto"],
                      use_residuals=dff["use_residuals"], detrend_only=dff["detrend_only"])
     return dataclasses.replace(est, C=C, S=d.S.astype(np.float32), YrA=YrA, bl=d.b, g=d.g, c1=d.c1, lam=d.lam,

@@ -12,9 +12,10 @@ The model (all constants in :class:`OnePhotonHardSettings`):
 - Resting brightness 2–8 % of the local background; one spike adds a log-normal ΔF/F (median
   1.5); sparse firing (0.02–1 Hz log-uniform, 30 % with bursts), 20 % silent somata, AR(2)
   transients (rise 0.05–0.1 s, per-cell decay log-uniform within ×/÷ 1.94 of ``decay_time``).
-- Background: a smooth baseline of 135 photons/pixel/frame at the centre (±20 % over a third of
-  the field) shaded by four blurred blood vessels; four slow large-scale fields modulating it up
-  and down (std 10 %, 3–20 s); out-of-focus blobs (1 per 1200 px², σ 15–35 px at radius 10) with
+- Background: a smooth baseline of 140 photons/pixel/frame at the centre (±20 % over a third of
+  the field) shaded by four wide, blurred blood vessels (surface vessels: twice as wide as the
+  two-photon preset's, 70 % of their darkness); four slow large-scale fields modulating it up and
+  down (std 10 %, 3–20 s); out-of-focus blobs (1 per 1200 px², σ 15–35 px at radius 10) with
   their own transients (0.5–3 Hz, 8 % each); an out-of-focus population haze that follows the
   in-focus cells' summed activity (smoothed over 1 s, 3 % on average) — ~150 photons/pixel/frame
   in all at the centre. Everything is vignetted (corners 50 % darker) and bleaches by 15 %.
@@ -29,18 +30,18 @@ geometric middle of dev_1p's 0.4–1.5 s), rigid motion; statistics in photons, 
 ``movie.tif`` and ``gt.npz`` of each. "Background pixels": summed true footprints < 0.05; "temporal
 std": after removing a quadratic trend (bleaching) per pixel; "slow share": std of that trend-free
 trace smoothed over 1 s / its std (median over background pixels). Ours: seed 0, and the mean of
-seeds 0–3 (the SNR median pooled over their 120 active somata; one seed's median ranges 6.0–16.7):
+seeds 0–3 (the SNR median pooled over their 120 active somata; one seed's median ranges 6.0–16.4):
 
 ================================================  =======  ===========  =======
 statistic                                         seed 0   seeds 0–3    dev_1p
 ================================================  =======  ===========  =======
-mean level of the mean image (photons)            134.4    132.9        134.5
+mean level of the mean image (photons)            135.6    132.9        134.5
 spatial spread of the mean image (std / mean)     0.31     0.28         0.25
-temporal std of background pixels (photons)       15.5     15.5         16.2
-slow share of that std                            0.49     0.51         0.46
-std of the frame-mean trace (photons)             6.9      6.7          7.2
-median peak SNR of active somata                  6.0      8.8          9.2
-active somata with peak SNR < 4                   0.30     0.20         0.28
+temporal std of background pixels (photons)       15.6     15.2         16.2
+slow share of that std                            0.49     0.50         0.46
+std of the frame-mean trace (photons)             7.0      6.7          7.2
+median peak SNR of active somata                  6.0      8.4          9.2
+active somata with peak SNR < 4                   0.33     0.21         0.28
 active somata                                     30       30           32
 resting brightness / baseline background, median  0.043    0.046        0.056
 footprint radius at half maximum / radius         0.70     0.70         0.66
