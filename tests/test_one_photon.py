@@ -217,3 +217,42 @@ def test_dev_2p_does_not_look_one_photon() -> None:
     if not path.is_file():
         pytest.skip("../shared/data/dev_sim is not here")
     assert smooth_change_share(open_movie(path), 6.0) < ONE_PHOTON_SHARE
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+def test_run_1p_subtracts_the_ring_background_and_finds_the_cells(tmp_path, caplog) -> None:
+    import tifffile
+
+    from somascope import simulate
+    from somascope.cli import main
+    from somascope.cnmf.ring import load_ring_model
+    from somascope.metrics import match_footprints
+    from somascope.pipeline import load_results
+    from somascope.store import Store
+
+    sim = simulate.one_photon(preset="hard", dims=(96, 96), n_frames=500, neuron_radius=5.0, frame_rate=20.0,
+                              seed=3)
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, np.clip(sim.movie, 0, 65535).astype(np.uint16))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--fr", "20", "--radius", "5", "--1p", "-q",
+                 "--scheduler", "serial"]) == 0
+    res = load_results(out / "results.h5")
+    p = res.params
+    assert p["data"]["is_1p"] and p["init"]["nb"] == 0 and p["init"]["method"] == "greedy_corr"
+    bg = out / "stages" / "background"
+    clean = Store.open(bg / "movie.zarr")
+    assert clean.shape == (500, 96, 96) and clean.metadata["ring_background_subtracted"]
+    model = load_ring_model(bg / "ring.npz")
+    assert model.dims == (96, 96) and model.W.nnz > 0
+    # the movie CNMF saw has no background left: its mean is about 0, the raw movie's ~150 photons
+    assert abs(float(np.mean(clean[:100]))) < 0.05 * float(np.mean(sim.movie[:100]))
+    est = res.estimates
+    true = sim.A[:, np.flatnonzero(sim.active)]
+    m = match_footprints(true, est.A[:, est.accepted_indices], (96, 96), max_centroid_distance=6.0)
+    assert m.recall >= 0.6 and m.precision >= 0.7
+    # ΔF/F is relative to the background the cells sit on, not to the ring-subtracted zero
+    dff = est.F_dff[est.accepted_indices]
+    assert np.nanmax(np.abs(dff)) < 20

@@ -519,7 +519,9 @@ def _quality_section(run: _Run) -> Section | None:
     table = [(n, v) for n, v in thresholds.items() if v is not None]
     if q is not None:
         shape = [f"mask eccentricity ≤ {q.max_ecc:g}"] if q.use_ecc else []
-        shape += [f"mask area ≤ {q.max_area_ratio:g} neuron areas"] if q.use_area else []
+        if q.use_area:
+            low = f"{q.min_area_ratio:g}–" if q.min_area_ratio > 0 else "≤ "
+            shape += [f"mask area {low}{q.max_area_ratio:g} neuron areas"]
         table.append(("rule", "accepted if any test passes its threshold and none is at or below its lowest value"
                       + (f"; and the shape tests: {', '.join(shape)}" if shape else "")
                       + "; of two accepted components with the same mask, the lower SNR is rejected"))

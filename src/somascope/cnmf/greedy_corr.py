@@ -18,8 +18,10 @@ is chosen:
    of the box pixels that do not correlate with the seed) and a constant as nuisance
    regressors, cut to the connected piece around the seed above :data:`FOOTPRINT_FRAC` of its
    peak; the trace is then the footprint's projection of the movie (less noisy than one
-   pixel). The filtered contribution ``highpass(a) ⊗ c`` is subtracted from ``F``, and
-   ``pnr`` and ``corr`` are recomputed around it.
+   pixel). The filtered contribution ``highpass(a) ⊗ c`` is subtracted from ``F``, ``pnr`` and
+   ``corr`` are recomputed around it, and the footprint's core (pixels above
+   :data:`CORE_FRAC` of its peak) seeds nothing more: a large, bright one-photon soma that is
+   not removed perfectly would otherwise come back as fragments.
 4. It stops at ``init.K`` components (None: no limit) or when no pixel passes both thresholds.
 
 The movie is normally the ring-background-subtracted one (:mod:`somascope.cnmf.ring`), but
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 NOISE_THR = 2.0
 #: A footprint keeps the pixels above this fraction of its peak (connected to the seed).
 FOOTPRINT_FRAC = 0.1
+#: Pixels of a found footprint above this fraction of its peak (its core) seed nothing more.
+CORE_FRAC = 0.5
 #: Box pixels whose correlation with the seed's trace is below this give the local background.
 BACKGROUND_CORR = 0.3
 #: Fewest background pixels for the local background trace (else none is used).
@@ -117,6 +121,7 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
         a_box, c = found
         a = np.zeros((H, W), np.float32)
         a[box] = a_box
+        used |= a >= CORE_FRAC * a.max()  # no second seed inside a neuron already found
         pixels = np.flatnonzero(a)
         cols.append((pixels, a.ravel()[pixels]))
         traces.append(c)

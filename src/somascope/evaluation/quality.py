@@ -54,7 +54,8 @@ min_cnn_thr`` — and none falls to or below its lowest value — ``SNR ≤ SNR_
 rval_lowest``, ``cnn ≤ cnn_lowest`` — and, when ``use_ecc``, its eccentricity is at most
 ``max_ecc`` and, when ``use_area``, its area at most ``max_area_ratio`` neuron areas
 (:func:`area_ratio`: out-of-focus neuropil and background pieces are several times larger than
-a soma, and often pass the SNR test). Of two accepted components whose masks nearly coincide
+a soma, and often pass the SNR test) and at least ``min_area_ratio`` (one-photon: pieces of a
+bright soma found again in what removing it left behind). Of two accepted components whose masks nearly coincide
 (one cell split in two), the one with the lower SNR is rejected. Components with an empty
 footprint are rejected outright. A component whose denoised trace ``c_i`` is flat has no
 r-value (NaN) and is judged on its SNR alone, which comes from the raw trace (as in CaImAn,
@@ -546,7 +547,8 @@ def select_components(
             if area is None:
                 raise ValueError("quality.use_area is on but no areas were given; "
                                  "pass area=area_ratio(footprint_masks(A, dims), dims, radius).")
-            reject |= ~(_vector(area, K, "area") <= q.max_area_ratio)
+            a = _vector(area, K, "area")
+            reject |= ~((a <= q.max_area_ratio) & (a >= q.min_area_ratio))
     if valid is not None:
         reject |= ~_vector(valid, K, "valid").astype(bool)
     good = accept & ~reject
