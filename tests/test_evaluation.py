@@ -34,7 +34,7 @@ from somascope.evaluation import (
     trace_mode,
     trace_snr,
 )
-from somascope.params import Params, QualityParams
+from somascope.params import ParameterError, Params, QualityParams
 from somascope.simulate.footprints import crop_to_fov, process_patch
 
 FR, DECAY = 30.0, 0.4
@@ -636,3 +636,15 @@ def test_duplicate_input_errors(cells: tuple) -> None:
         binary_masks(A, 2.0)
     with pytest.raises(TypeError, match="Estimates"):
         remove_duplicates(A)
+
+
+def test_select_components_area_bounds() -> None:
+    q = QualityParams(min_SNR=2.5, SNR_lowest=0.5, use_ecc=False, use_area=True, max_area_ratio=2.5,
+                      min_area_ratio=0.35)
+    snr = np.full(5, 5.0)
+    r = np.full(5, 0.9)
+    area = np.array([0.1, 0.34, 0.36, 2.4, 2.6])
+    good, bad = select_components(snr, r, quality=q, area=area)
+    assert good.tolist() == [2, 3] and bad.tolist() == [0, 1, 4]  # pieces and neuropil-sized blobs go
+    with pytest.raises(ParameterError, match="min_area_ratio"):
+        QualityParams(min_area_ratio=3.0, max_area_ratio=2.5)

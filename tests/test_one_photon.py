@@ -256,3 +256,52 @@ def test_run_1p_subtracts_the_ring_background_and_finds_the_cells(tmp_path, capl
     # ΔF/F is relative to the background the cells sit on, not to the ring-subtracted zero
     dff = est.F_dff[est.accepted_indices]
     assert np.nanmax(np.abs(dff)) < 20
+
+
+# ----------------------------------------------------------------------------- field of view
+
+
+def test_lens_mask_finds_a_lens_and_leaves_lit_fields_whole() -> None:
+    from somascope.summary import lens_mask
+
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[:120, :160]
+    d = np.hypot(yy - 60, xx - 80)
+    lens = 100 + np.where(d < 50, 150 * (1 - 0.5 * (d / 50) ** 2), 0) + rng.normal(0, 3, d.shape)
+    mask = lens_mask(lens, 4.0)
+    assert (mask == (d < 50)).mean() > 0.93 and not mask[0, 0] and mask[60, 80]
+    vignetted = 100 + 150 * (1 - 0.5 * (d / d.max()) ** 2) + rng.normal(0, 3, d.shape)
+    assert lens_mask(vignetted, 4.0).all()  # dim corners are not outside a lens
+    cells = 100.0 + rng.normal(0, 2.0, d.shape)  # cells a few percent of a lit background
+    for cy, cx in rng.uniform(10, 110, (15, 2)):
+        cells += 8.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 18.0)
+    assert lens_mask(cells, 4.0).all()  # the background between cells is not outside a lens either
+
+
+def test_fov_mask_keeps_components_inside_only(tmp_path) -> None:
+    from somascope.params import ParameterError
+
+    rng = np.random.default_rng(7)
+    centres = [(12, 12), (12, 36), (36, 12), (36, 36)]
+    Y = 20 * _background(rng, 6)
+    for cen in centres:
+        Y += _cell(cen, 2.2)[None] * (40.0 * _trace(rng, rate=0.04))[:, None, None]
+    Y += rng.normal(0, 4.0, Y.shape).astype(np.float32)
+    mask = np.zeros((H, W), bool)
+    mask[:, :24] = True  # the left half
+    params = _params(4.5, rf=None)
+    est = fit(Y, params, fov_mask=mask)
+    cols = est.A.toarray().reshape(H, W, -1)
+    assert est.K >= 2
+    for k in range(est.K):
+        cx = (cols[..., k].sum(axis=0) * np.arange(W)).sum() / cols[..., k].sum()
+        assert cx < 24
+    # the same mask given by its path in the parameters
+    np.save(tmp_path / "mask.npy", mask)
+    by_path = fit(Y, params.replace({"init.fov_mask": str(tmp_path / "mask.npy")}))
+    assert by_path.K == est.K
+    with pytest.raises(ParameterError, match="no such file"):
+        fit(Y, params.replace({"init.fov_mask": str(tmp_path / "missing.npy")}))
+    np.save(tmp_path / "small.npy", mask[:10])
+    with pytest.raises(ParameterError, match="shape"):
+        fit(Y, params.replace({"init.fov_mask": str(tmp_path / "small.npy")}))

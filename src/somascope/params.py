@@ -71,7 +71,7 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   2–3 px over ~40 px cost a fifth of the F1 of non-rigid hard movies); ``motion.overlaps =
   strides // 2``;
   ``motion.max_deviation_rigid = ceil(max(r) / 2)``; ``motion.gSig_filt = gSig`` for 1p
-  (high-pass before registration), else None; ``motion.is3D = (ndim == 3)``.
+  (high-pass before registration), else None; ``motion.pw_rigid = "auto"`` (1p: False); ``motion.is3D = (ndim == 3)``.
 * ``quality.N_samples_exceptionality = ceil(fr·decay_time)`` (frames in the SNR window).
 * ``online.max_shifts_online = ceil(2·max(r))``.
 
@@ -332,6 +332,10 @@ class MotionParams(_Group):
             displacement exceeds :data:`somascope.motion.PW_RIGID_AUTO_THRESHOLD_PX` (0.5 px;
             ``docs/motion.md``), or rigid when the frame is smaller than one patch. Strings
             ``"true"``/``"false"`` (any case) are read as booleans. The result records what ran.
+            One-photon data default to False (rigid): on their high-passed frames the patch
+            displacements are noisy, and ``"auto"`` chose piecewise-rigid on 3 of 8 simulated
+            movies whose motion was rigid, at twice the time (CaImAn's CNMF-E demo and minian
+            also register one-photon data rigidly).
         max_shifts: largest rigid displacement searched, px per axis.
         strides: distance between the starts of neighbouring pw-rigid patches, px per axis
             (a patch is ``strides + overlaps`` wide).
@@ -433,6 +437,12 @@ class InitParams(_Group):
             apply to its own filtering and noise estimate and find a fraction of the cells here.
         ring_size_factor: radius of the CNMF-E background ring in units of gSiz / 2 (> 1).
         ssub_B: extra spatial downsampling of the ring background.
+        fov_mask: where components may be: ``"auto"`` (one-photon data: the lens's field of
+            view, :func:`somascope.summary.lens_mask` of the mean image — the whole frame when
+            nothing is dark; two-photon data: everywhere), ``"none"`` (everywhere) or the path
+            of an image file (``.npy`` or TIFF, the frame's shape; non-zero = inside).
+            Components whose centre lies outside are not kept by the patches, so they are never
+            evaluated or accepted.
         init_iter: CaImAn's GreedyCorr passes; accepted for compatibility. GreedyCorr here
             makes one pass that removes each neuron from the seed images as it is found.
         nIter: rank-1 refinement iterations per GreedyROI component.
@@ -459,6 +469,7 @@ class InitParams(_Group):
     min_pnr: float = 5.0
     ring_size_factor: float = 1.5
     ssub_B: int = 2
+    fov_mask: str = "auto"
     init_iter: int = 2
     nIter: int = 5
     maxIter: int = 5
@@ -495,6 +506,8 @@ class InitParams(_Group):
               "use 1 for two-photon or 0 for one-photon data")
         _between(self._k("min_corr"), self.min_corr, 0.0, 1.0)
         _positive(self._k("min_pnr"), self.min_pnr, zero_ok=True)
+        _need(isinstance(self.fov_mask, str) and bool(self.fov_mask.strip()), self._k("fov_mask"),
+              self.fov_mask, "must be 'auto', 'none' or the path of a mask image", "e.g. 'auto'")
         _need(self.ring_size_factor > 1, self._k("ring_size_factor"), self.ring_size_factor,
               "the background ring must lie outside the neuron", "use a value > 1, e.g. 1.5")
         _positive(self._k("nIter"), self.nIter, zero_ok=True)
@@ -974,6 +987,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("init.normalize_init", lambda v, n: v["init.method"] != "greedy_corr"),
     ("init.sigma_smooth_snmf", lambda v, n: (0.5,) * (n + 1)),
     ("patch.del_duplicates", lambda v, n: v["data.is_1p"]),
+    ("motion.pw_rigid", lambda v, n: False if v["data.is_1p"] else "auto"),
     ("motion.max_shifts", lambda v, n: tuple(_ceil(1.2 * r) for r in v["data.neuron_radius"])),
     ("motion.strides", lambda v, n: tuple(max(16, 8 * math.floor(5 * r / 8 + 0.5))
                                           for r in v["data.neuron_radius"])),

@@ -62,8 +62,11 @@ __all__ = [
     "save_summary",
     "load_summary",
     "smooth_change_share",
+    "lens_mask",
 ]
 
+#: A lens's field of view reaches out to this fraction of its brightness above the dark floor.
+RIM = 0.25
 #: Target size of one chunk of float32 frames read at a time (bytes).
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 #: Frames per float32 partial sum before it is added to the float64 accumulators.
@@ -256,27 +259,61 @@ def pnr_image(
     return images.pnr, images.corr_pnr
 
 
-def smooth_change_share(source: Any, radius: float, *, n_frames: int = 200) -> float:
+def smooth_change_share(source: Any, radius: float, *, n_frames: int = 200, n_blocks: int = 10) -> float:
     """Share of a movie's frame-to-frame changes that is spatially smooth (0–1).
 
-    ``n_frames`` frames spread evenly over the movie, minus their mean image, are low-passed
-    with a Gaussian of ``2 · radius`` px (``radius``: a neuron's radius); the share is the
-    variance of the low-passed changes over the variance of all changes. One-photon data,
-    whose changes are mostly a large, fluctuating background, give about 0.5 (simulated
-    micro-endoscope movies 0.47–0.54); two-photon data, whose changes are cells and shot
-    noise, 0.0–0.1. Reads ``n_frames`` frames.
+    ``n_frames`` frames in ``n_blocks`` runs of consecutive frames spread evenly over the movie
+    (consecutive, so that a chunked store is read in a few chunks), minus their mean image, are
+    low-passed with a Gaussian of ``2 · radius`` px (``radius``: a neuron's radius); the share
+    is the variance of the low-passed changes over the variance of all changes. One-photon
+    data, whose changes are mostly a large, fluctuating background, give about 0.5 (simulated
+    micro-endoscope movies 0.44–0.54, ``dev_sim/dev_1p`` 0.69); two-photon data, whose changes
+    are cells and shot noise, 0.0–0.1 (``dev_2p`` 0.04, the hard family 0.02–0.09).
     """
     from scipy import ndimage
 
     T, dims = _check_source(source)
-    idx = np.unique(np.linspace(0, T - 1, min(int(n_frames), T)).astype(int))
-    frames = np.stack([np.asarray(source[int(t)], dtype=np.float32) for t in idx])
+    run = max(1, min(T, int(n_frames)) // max(1, int(n_blocks)))
+    starts = np.unique(np.linspace(0, T - run, max(1, int(n_blocks))).astype(int))
+    frames = np.concatenate([np.asarray(source[int(t):int(t) + run], dtype=np.float32) for t in starts])
     changes = frames - frames.mean(axis=0)
     total = float(changes.var())
     if not total > 0:
         return 0.0
     low = np.stack([ndimage.gaussian_filter(c, 2.0 * float(radius)) for c in changes])
     return float(low.var() / total)
+
+
+def lens_mask(mean: np.ndarray, radius: float, *, dark: float = 0.1, least: float = 0.05) -> np.ndarray:
+    """The field of view of a micro-endoscope's lens in its mean image (bool, frame-shaped).
+
+    The mean image is smoothed (Gaussian of ``2 · radius`` px) and split in two by Otsu's
+    threshold. The split is a lens edge only when the dark part holds (almost) no light: its
+    median lies within ``dark`` of the way from the image's minimum to the bright part's mean
+    (outside a lens the camera sees its offset; a vignetted field's dim corners, or the
+    background between cells, hold far more) and it covers at least ``least`` of the frame.
+    Then the pixels brighter than :data:`RIM` of the way from the minimum to the bright part's
+    mean (the lens's dim, vignetted rim included), their largest connected piece with holes
+    filled, are the field of view; otherwise the whole frame is.
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    img = ndimage.gaussian_filter(np.asarray(mean, np.float64), 2.0 * float(radius))
+    whole = np.ones(img.shape, bool)
+    if not np.ptp(img) > 0:
+        return whole
+    inside = img > threshold_otsu(img)
+    floor = float(img.min())
+    if (~inside).mean() < least or inside.sum() == 0:
+        return whole
+    bright = float(img[inside].mean())
+    if float(np.median(img[~inside])) - floor > dark * (bright - floor):
+        return whole
+    inside = img > floor + RIM * (bright - floor)  # keep the lens's dim, vignetted rim
+    labels, _ = ndimage.label(inside)
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
 def neighbour_offsets(n_spatial: int, neighbours: int) -> list[tuple[int, ...]]:

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 
 from .estimates import Estimates, collect_provenance
 
-__all__ = ["fit", "refit", "pixel_noise", "components_per_fov"]
+__all__ = ["fit", "refit", "pixel_noise", "components_per_fov", "fov_mask_from_params", "load_fov_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def fit(
     engine: Any = None,
     progress: bool = False,
     evaluate: bool = True,
+    fov_mask: Any = None,
 ) -> Estimates:
     """Extract components from a movie with CNMF (see the module docstring).
 
@@ -89,6 +90,10 @@ def fit(
     evaluate
         Run the quality tests (and ``quality.refit``); False returns the components
         unevaluated (the pipeline evaluates in a stage of its own).
+    fov_mask
+        Bool image (frame-shaped): components whose centre lies outside are not kept (a
+        micro-endoscope's lens). None: ``init.fov_mask`` decides (``"auto"`` on one-photon
+        data: :func:`somascope.summary.lens_mask` of the mean image; a path: that image).
 
     Returns
     -------
@@ -106,7 +111,7 @@ def fit(
     """
     params = _as_params(params)
     return _fit(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
-                allow_refit=True, evaluate=evaluate)
+                allow_refit=True, evaluate=evaluate, fov_mask=fov_mask)
 
 
 def refit(
@@ -193,18 +198,20 @@ def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
 
 
 def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
-         allow_refit: bool, evaluate: bool = True, patches: bool = True) -> Estimates:
+         allow_refit: bool, evaluate: bool = True, patches: bool = True, fov_mask: Any = None) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
     if params.init.nb == 0:
         # one-photon data: the ring background is subtracted first, CNMF runs on what is left
         return _fit_ring(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
-                         allow_refit=allow_refit, evaluate=evaluate, patches=patches)
+                         allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask)
+    if fov_mask is None and seed_masks is None:
+        fov_mask = fov_mask_from_params(params, tuple(int(d) for d in source.shape[1:]))
     in_patches = patches and seed_masks is None and _uses_patches(params, _check_shape(source, params))
     steps = _Steps(progress, total=5 + int(evaluate) + int(evaluate and allow_refit and params.quality.refit))
     t_start = time.perf_counter()
     if in_patches:
         with steps.step("patches: noise + initialisation"):
-            Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress)
+            Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress, fov_mask)
         steps.advance(1)  # the noise and initialisation steps happened in the patches
     elif seed_masks is not None and _is_store(source):
         # seeded (refit) on a Store: out of core, every pass over the movie by blocks
@@ -224,6 +231,8 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             sn = pixel_noise(Y, params)
         with steps.step("initialisation"):
             init = _initialise(Y, params, seed_masks)
+            if fov_mask is not None:
+                init = _keep_inside(init, fov_mask)
     dims = tuple(int(d) for d in movie.shape[1:])
     log.info("initialised %d components (%s)", init.K, init.method)
 
@@ -265,17 +274,75 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
     return est
 
 
-def _fit_ring(source: Any, params: Any, **kwargs: Any) -> Estimates:
+def _fit_ring(source: Any, params: Any, *, fov_mask: Any = None, **kwargs: Any) -> Estimates:
     """CNMF with the CNMF-E ring background (``init.nb = 0``): the ring model is fitted and
     subtracted (:mod:`~somascope.cnmf.ring`; a Store gets a background-subtracted Store beside
     it, ``<name>-ring.zarr``, other sources an array), then CNMF runs on the result with
     :data:`RING_RESIDUAL_NB` global components for what the ring leaves. A Store that is
-    already background-subtracted (the pipeline's ``background`` stage) is used as it is."""
-    from .ring import is_ring_subtracted, ring_subtracted
+    already background-subtracted (the pipeline's ``background`` stage) is used as it is.
+    ``init.fov_mask = "auto"`` takes the lens's field of view from the ring model's mean image."""
+    from .ring import fit_ring_model, is_ring_subtracted, ring_output_path, subtract_ring_background
 
-    bs = source if is_ring_subtracted(source) else ring_subtracted(source, params, progress=kwargs["progress"])
-    est = _fit(bs, params.replace(nb=RING_RESIDUAL_NB), **kwargs)
+    bs = source
+    if not is_ring_subtracted(source):
+        model = fit_ring_model(source, params, progress=kwargs["progress"])
+        if fov_mask is None:
+            fov_mask = fov_mask_from_params(params, model.dims, model.b0)
+        bs = subtract_ring_background(source, model, ring_output_path(source), progress=kwargs["progress"])
+    elif fov_mask is None and params.init.fov_mask != "auto":
+        fov_mask = fov_mask_from_params(params, tuple(int(d) for d in source.shape[1:]))
+    est = _fit(bs, params.replace(nb=RING_RESIDUAL_NB), fov_mask=fov_mask, **kwargs)
     return dataclasses.replace(est, params=params.to_dict())
+
+
+def fov_mask_from_params(params: Any, dims: tuple[int, ...], mean: Any = None) -> np.ndarray | None:
+    """The field-of-view mask ``init.fov_mask`` names: a bool image of ``dims``, or None for
+    everywhere. ``"auto"`` needs the mean image ``mean`` (one-photon data; None for two-photon
+    data or without a mean image)."""
+    how = params.init.fov_mask.strip()
+    if how.lower() == "none" or (how.lower() == "auto" and (mean is None or not params.data.is_1p)):
+        return None
+    if how.lower() == "auto":
+        from somascope.summary import lens_mask
+
+        mask = lens_mask(np.asarray(mean).reshape(dims), float(np.mean(params.data.neuron_radius)))
+        if not mask.all():
+            log.info("field-of-view mask: %.0f %% of the frame (lens)", 100 * mask.mean())
+        return None if mask.all() else mask
+    return load_fov_mask(how, dims)
+
+
+def load_fov_mask(path: Any, dims: tuple[int, ...]) -> np.ndarray:
+    """A field-of-view mask image (``.npy`` or TIFF; non-zero = inside) checked against ``dims``."""
+    from pathlib import Path
+
+    from somascope.params import ParameterError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"init.fov_mask={str(path)!r}: no such file. Fix: give 'auto', 'none' or the path "
+                             "of a mask image (.npy or .tif) of the frame's shape.")
+    if path.suffix.lower() == ".npy":
+        mask = np.load(path)
+    else:
+        import tifffile
+
+        mask = tifffile.imread(path)
+    mask = np.asarray(mask) != 0
+    if mask.shape != tuple(dims):
+        raise ParameterError(f"init.fov_mask={str(path)!r} has shape {mask.shape}, the frames {tuple(dims)}. "
+                             "Fix: give a mask of the frame's shape.")
+    return mask
+
+
+def _keep_inside(init: Any, mask: np.ndarray) -> Any:
+    """An initialisation without the components whose centre lies outside ``mask``."""
+    from .initialization import inside_mask
+
+    keep = np.flatnonzero(inside_mask(init.A, init.dims, mask))
+    if keep.size == init.K:
+        return init
+    return dataclasses.replace(init, A=sp.csc_matrix(init.A[:, keep]), C=init.C[keep], center=init.center[keep])
 
 
 def _initialise(Y: np.ndarray, params: Any, seed_masks: Any) -> Any:
@@ -318,7 +385,8 @@ def _uses_patches(params: Any, shape: tuple[int, ...]) -> bool:
     return len(patch_grid(tuple(shape[1:]), rf, params.patch.stride, params.patch.border_pix)) > 1
 
 
-def _initialise_in_patches(source: Any, params: Any, engine: Any, progress: bool) -> tuple[Any, ...]:
+def _initialise_in_patches(source: Any, params: Any, engine: Any, progress: bool,
+                           fov_mask: Any = None) -> tuple[Any, ...]:
     """Map the patches, reduce them; returns ``(Y, movie, input_path, sn, init)``.
 
     A Store stays on disk: the patches are read by the engine's workers and the updates that
@@ -340,7 +408,7 @@ def _initialise_in_patches(source: Any, params: Any, engine: Any, progress: bool
             log.info("the movie is not a Store, so its patches run in this process; write it to "
                      "a Store (somascope.store.Store.from_source) to spread them over workers")
     dims = tuple(int(d) for d in movie.shape[1:])
-    results = run_patches(movie, params, engine=engine, progress=progress)
+    results = run_patches(movie, params, engine=engine, progress=progress, fov_mask=fov_mask)
     A, C, b, f, sn = combine_patches(results, dims, params)
     found = sum(r.n_found for r in results)
     screened = sum(r.n_screened for r in results)

@@ -207,6 +207,23 @@ def _centers_of_mass(A: sp.csc_matrix, dims: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def inside_mask(A: sp.spmatrix, dims: tuple[int, ...], mask: np.ndarray | None,
+                offset: tuple[int, ...] | None = None) -> np.ndarray:
+    """Bool ``(K,)``: whose footprint's centre of mass (in ``A``'s frame of ``dims``, moved by
+    ``offset`` px into ``mask``'s frame) falls on a True pixel of ``mask`` (None: all)."""
+    K = int(A.shape[1])
+    if mask is None or K == 0:
+        return np.ones(K, bool)
+    centre = _centers_of_mass(sp.csc_matrix(A), tuple(dims))
+    if offset is not None:
+        centre = centre + np.asarray(offset, float)
+    idx = np.round(centre).astype(int)
+    ok = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1) & np.isfinite(centre).all(axis=1)
+    out = np.zeros(K, bool)
+    out[ok] = np.asarray(mask, bool)[tuple(idx[ok].T)]
+    return out
+
+
 def _gaussian_kernel(sigma: float, half: int) -> np.ndarray:
     """1-D Gaussian of standard deviation ``sigma`` on ``-half..half`` with unit L2 norm."""
     x = np.arange(-half, half + 1, dtype=np.float64)

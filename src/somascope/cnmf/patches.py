@@ -139,17 +139,20 @@ def patch_grid(dims: tuple[int, ...], rf: tuple[int, ...], stride: tuple[int, ..
     return patches
 
 
-def run_patches(source: Any, params: Any, *, engine: Any = None, progress: bool = False) -> list[PatchResult]:
+def run_patches(source: Any, params: Any, *, engine: Any = None, progress: bool = False,
+                fov_mask: np.ndarray | None = None) -> list[PatchResult]:
     """Initialise (and with ``patch.only_init=False`` fit) every patch; the map step.
 
     ``source`` is a :class:`somascope.store.Store` (tasks run on ``engine``'s workers, each
     reading its own patch) or an in-memory movie ``T × *dims`` (tasks run here, one by one).
+    ``fov_mask`` (bool, frame-shaped): components whose centre lies outside are not kept.
     """
     from somascope.store import Store
 
     dims = tuple(int(d) for d in source.shape[1:])
     patches = patch_grid(dims, params.patch.rf, params.patch.stride, params.patch.border_pix)
-    items = [(source, patch, params) for patch in patches]
+    items = [(source, patch, params, None if fov_mask is None else np.asarray(fov_mask, bool)[patch.window])
+             for patch in patches]
     if isinstance(source, Store) and engine is not None:
         return engine.map(_fit_patch, items, desc="cnmf patches", progress=progress, unit="patch")
     bar = None
@@ -223,14 +226,15 @@ def patch_tsub(n_frames: int, p_tsub: int) -> int:
     return max(1, min(tsub, n_frames // 2))
 
 
-def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
-    """Read one patch, initialise (or fit) it, screen and keep what it owns."""
+def _fit_patch(item: tuple[Any, Patch, Any, Any]) -> PatchResult:
+    """Read one patch, initialise (or fit) it, screen and keep what it owns (and what lies in
+    its part of the field-of-view mask, when one is given)."""
     from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
 
     from .fit import _fit
     from .initialization import initialize
 
-    source, patch, params = item
+    source, patch, params, mask = item
     T = int(source.shape[0])
     dec = params.deconvolution
     if not params.patch.only_init:
@@ -268,6 +272,10 @@ def _fit_patch(item: tuple[Any, Patch, Any]) -> PatchResult:
     n_screened = n_found - keep.size
     if keep.size:
         keep = keep[_owned(A[:, keep], patch)]
+    if keep.size and mask is not None:
+        from .initialization import inside_mask
+
+        keep = keep[inside_mask(A[:, keep], patch.shape, mask)]
     return PatchResult(patch=patch, A=sp.csc_matrix(A[:, keep], dtype=np.float32),
                        C=np.asarray(C, np.float32)[keep], b=np.asarray(b, np.float32),
                        f=np.asarray(f, np.float32), sn=sn.astype(np.float32), n_found=n_found,

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = ["RingModel", "MARK", "ring_radius", "ring_offsets", "fit_ring_weights", "fit_ring_model",
-           "subtract_ring_background", "ring_subtracted", "is_ring_subtracted", "save_ring_model",
+           "subtract_ring_background", "ring_output_path", "is_ring_subtracted", "save_ring_model",
            "load_ring_model"]
 
 log = logging.getLogger(__name__)
@@ -274,13 +274,11 @@ def subtract_ring_background(source: Any, model: RingModel, out: str | Path | No
     return result if store is None else store.finalize()
 
 
-def ring_subtracted(source: Any, params: Any, *, progress: bool = False) -> Any:
-    """Fit the ring model of ``source`` and subtract it: a Store gives a Store beside it
-    (``<name>-ring.zarr``, replaced if there), anything else a float32 array."""
-    model = fit_ring_model(source, params, progress=progress)
+def ring_output_path(source: Any) -> Path | None:
+    """Where the background-subtracted movie of ``source`` goes: beside a Store
+    (``<name>-ring.zarr``); None (an array) for anything else."""
     path = getattr(source, "final_path", None)
-    out = None if path is None else Path(path).with_name(Path(path).stem + "-ring.zarr")
-    return subtract_ring_background(source, model, out, progress=progress)
+    return None if path is None else Path(path).with_name(Path(path).stem + "-ring.zarr")
 
 
 def save_ring_model(model: RingModel, path: str | Path) -> None:

@@ -37,7 +37,7 @@ CNMF_GROUPS = ("data", "init", "patch", "merge", "temporal", "spatial", "deconvo
 #: Quality values CNMF uses too: each patch drops components at or below the lowest thresholds.
 CNMF_QUALITY_KEYS = ("quality.SNR_lowest", "quality.rval_lowest", "quality.N_samples_exceptionality")
 #: Share of smooth frame-to-frame changes above which a movie run as two-photon gets a warning
-#: that it looks one-photon (simulated one-photon movies 0.47–0.54, two-photon 0.00–0.10).
+#: that it looks one-photon (simulated one-photon movies 0.44–0.69, two-photon 0.02–0.09).
 ONE_PHOTON_SHARE = 0.3
 #: Block length (frames) of the max-correlation image.
 MAX_CORR_FRAMES = 1000
@@ -160,7 +160,8 @@ def background_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if init.nb != 0:
         return {"init.nb": init.nb}, {}
     return {"init.nb": 0, "init.gSiz": list(init.gSiz), "init.ring_size_factor": init.ring_size_factor,
-            "init.ssub_B": init.ssub_B}, {}
+            "init.ssub_B": init.ssub_B, "init.fov_mask": init.fov_mask,
+            "data.neuron_radius": list(ctx.params.data.neuron_radius)}, {}
 
 
 def run_background(ctx: Any, folder: Path) -> Outcome:
@@ -179,14 +180,23 @@ def run_background(ctx: Any, folder: Path) -> Outcome:
                             "a one-photon recording, run again with --1p (data.is_1p=true).", 100 * share)
                 detail += f"; looks one-photon ({100 * share:.0f} % smooth changes): consider --1p"
         return Outcome(detail, [], {})
+    from ..cnmf.fit import fov_mask_from_params
     from ..cnmf.ring import fit_ring_model, save_ring_model, subtract_ring_background
+    from ..io.atomic import atomic_path
 
     model = fit_ring_model(ctx.store(), ctx.params, progress=ctx.progress)
     save_ring_model(model, folder / "ring.npz")
+    mask = fov_mask_from_params(ctx.params, model.dims, model.b0)
+    mask = np.ones(model.dims, bool) if mask is None else mask
+    with atomic_path(folder / "fov_mask.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, mask)
     subtract_ring_background(ctx.store(), model, folder / "movie.zarr", progress=ctx.progress)
     per_pixel = model.W.nnz / max(model.W.shape[0], 1)
+    where = "whole frame" if mask.all() else f"{100 * mask.mean():.0f} % of the frame"
     return Outcome(f"ring model: radius {model.radius:.1f} px, {per_pixel:.0f} weights per pixel "
-                   f"(space ÷{model.ssub_B}); background subtracted", ["movie.zarr", "ring.npz"], {})
+                   f"(space ÷{model.ssub_B}); background subtracted; field of view: {where}",
+                   ["movie.zarr", "ring.npz", "fov_mask.npy"], {})
 
 
 # -- cnmf -----------------------------------------------------------------------------------
@@ -202,7 +212,12 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
     """CNMF on the Store (patches on the engine's workers when ``patch.rf`` is set), not evaluated."""
     from ..cnmf import fit
 
-    est = fit(ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False)
+    mask = None
+    if ctx.params.init.nb == 0:  # one-photon: the background stage's field-of-view mask
+        mask = np.load(ctx.folder("background") / "fov_mask.npy")
+        mask = None if mask.all() else mask
+    est = fit(ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False,
+              fov_mask=mask)
     return Outcome(f"{est.K} components", _estimates_file(folder, est), {"estimates": est})
 
 
