@@ -238,7 +238,8 @@ def test_run_1p_subtracts_the_ring_background_and_finds_the_cells(tmp_path, capl
     tifffile.imwrite(path, np.clip(sim.movie, 0, 65535).astype(np.uint16))
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--fr", "20", "--radius", "5", "--1p", "-q",
-                 "--scheduler", "serial"]) == 0
+                 "--scheduler", "serial", "--nwb"]) == 0
+    assert (out / "results.nwb").is_file()
     res = load_results(out / "results.h5")
     p = res.params
     assert p["data"]["is_1p"] and p["init"]["nb"] == 0 and p["init"]["method"] == "greedy_corr"
@@ -247,12 +248,13 @@ def test_run_1p_subtracts_the_ring_background_and_finds_the_cells(tmp_path, capl
     assert clean.shape == (500, 96, 96) and clean.metadata["ring_background_subtracted"]
     model = load_ring_model(bg / "ring.npz")
     assert model.dims == (96, 96) and model.W.nnz > 0
+    assert np.load(bg / "fov_mask.npy").all()  # a simulated field lit everywhere: no lens edge
     # the movie CNMF saw has no background left: its mean is about 0, the raw movie's ~150 photons
     assert abs(float(np.mean(clean[:100]))) < 0.05 * float(np.mean(sim.movie[:100]))
     est = res.estimates
     true = sim.A[:, np.flatnonzero(sim.active)]
     m = match_footprints(true, est.A[:, est.accepted_indices], (96, 96), max_centroid_distance=6.0)
-    assert m.recall >= 0.6 and m.precision >= 0.7
+    assert m.recall >= 0.5 and m.precision >= 0.8, (m.recall, m.precision)
     # ΔF/F is relative to the background the cells sit on, not to the ring-subtracted zero
     dff = est.F_dff[est.accepted_indices]
     assert np.nanmax(np.abs(dff)) < 20

@@ -432,7 +432,7 @@ class InitParams(_Group):
         min_corr: smallest local correlation of a GreedyCorr seed pixel, in [0, 1]
             (correlation of the high-passed movie thresholded at 2 noise levels).
         min_pnr: smallest peak-to-noise ratio of a GreedyCorr seed pixel (peak of the
-            high-passed movie over its white-noise level). 0.6 / 5 were chosen on the simulated
+            high-passed movie over its white-noise level). 0.6 / 6 were chosen on the simulated
             one-photon family and ``dev_sim/dev_1p`` (docs/one-photon.md); CaImAn's 0.8 / 10
             apply to its own filtering and noise estimate and find a fraction of the cells here.
         ring_size_factor: radius of the CNMF-E background ring in units of gSiz / 2 (> 1).
@@ -466,7 +466,7 @@ class InitParams(_Group):
     nb: int = 3
     rolling_length: int = 100
     min_corr: float = 0.6
-    min_pnr: float = 5.0
+    min_pnr: float = 6.0
     ring_size_factor: float = 1.5
     ssub_B: int = 2
     fov_mask: str = "auto"

@@ -204,9 +204,10 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         # one-photon data: the ring background is subtracted first, CNMF runs on what is left
         return _fit_ring(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
                          allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask)
+    shape = _check_shape(source, params)
     if fov_mask is None and seed_masks is None:
-        fov_mask = fov_mask_from_params(params, tuple(int(d) for d in source.shape[1:]))
-    in_patches = patches and seed_masks is None and _uses_patches(params, _check_shape(source, params))
+        fov_mask = fov_mask_from_params(params, shape[1:])
+    in_patches = patches and seed_masks is None and _uses_patches(params, shape)
     steps = _Steps(progress, total=5 + int(evaluate) + int(evaluate and allow_refit and params.quality.refit))
     t_start = time.perf_counter()
     if in_patches:
@@ -290,7 +291,7 @@ def _fit_ring(source: Any, params: Any, *, fov_mask: Any = None, **kwargs: Any) 
             fov_mask = fov_mask_from_params(params, model.dims, model.b0)
         bs = subtract_ring_background(source, model, ring_output_path(source), progress=kwargs["progress"])
     elif fov_mask is None and params.init.fov_mask != "auto":
-        fov_mask = fov_mask_from_params(params, tuple(int(d) for d in source.shape[1:]))
+        fov_mask = fov_mask_from_params(params, _check_shape(source, params)[1:])
     est = _fit(bs, params.replace(nb=RING_RESIDUAL_NB), fov_mask=fov_mask, **kwargs)
     return dataclasses.replace(est, params=params.to_dict())
 

@@ -51,6 +51,8 @@ FOOTPRINT_FRAC = 0.1
 CORE_FRAC = 0.5
 #: Box pixels whose correlation with the seed's trace is below this give the local background.
 BACKGROUND_CORR = 0.3
+#: Frames the temporal medians (baseline, noise) are taken over, at most.
+MEDIAN_FRAMES = 500
 #: Fewest background pixels for the local background trace (else none is used), and most used.
 MIN_BACKGROUND_PIXELS = 5
 BACKGROUND_PIXELS = 256
@@ -65,7 +67,7 @@ def seed_images(Y: np.ndarray, gSig: float | Sequence[float]) -> tuple[np.ndarra
     from somascope.summary import highpass
 
     F = highpass(np.asarray(Y, np.float32), gSig)
-    F -= np.median(F, axis=0)
+    F -= _temporal_median(F)
     sigma = _white_noise(F)
     pnr = _pnr(F, sigma)
     corr = _thresholded_corr(F, sigma)
@@ -101,7 +103,7 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
     filt = tuple(max(1, int(2 * s)) for s in sig)  # the high-pass kernel's radius
     F, sigma, pnr, corr = seed_images(Y, sig)
     safe_sigma = np.where(sigma > 0, sigma, np.inf).astype(np.float32)
-    base = np.median(Y, axis=0)
+    base = _temporal_median(Y)
     used = np.zeros((H, W), bool)
     mark = tuple(max(1, int(round(s / 2))) for s in sig)
     limit = K if K is not None else H * W
@@ -163,16 +165,16 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
 
 def _extract(Yb: np.ndarray, Fb: np.ndarray, seed_trace: np.ndarray, seed: tuple[int, int]
              ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Footprint (box-shaped float32) and trace (float64, T) of the neuron at ``seed`` of a
+    """Footprint (box-shaped float32) and trace (float32, T) of the neuron at ``seed`` of a
     box: ``Yb`` the movie minus its median, ``Fb`` the filtered movie. None: nothing there."""
     T = Yb.shape[0]
     shape = Yb.shape[1:]
-    Yr = Yb.reshape(T, -1).astype(np.float64)
-    c = seed_trace.astype(np.float64) - seed_trace.mean()
+    Yr = np.asarray(Yb, np.float32).reshape(T, -1)
+    c = seed_trace.astype(np.float32) - seed_trace.mean()
     norm_c = np.linalg.norm(c)
     if not norm_c > 0:
         return None
-    Fr = Fb.reshape(T, -1).astype(np.float64)
+    Fr = Fb.reshape(T, -1)
     Fr = Fr - Fr.mean(axis=0)
     r = (Fr.T @ c) / (np.linalg.norm(Fr, axis=0) * norm_c + 1e-12)
     regressors = [c]
@@ -182,10 +184,10 @@ def _extract(Yb: np.ndarray, Fb: np.ndarray, seed_trace: np.ndarray, seed: tuple
         pick = quiet[np.linspace(0, quiet.size - 1, min(quiet.size, BACKGROUND_PIXELS)).astype(int)]
         bg = np.median(Yr[:, pick], axis=1)
         regressors.append(bg - bg.mean())
-    X = np.column_stack(regressors + [np.ones(T)])
-    gram = X.T @ X  # a few regressors: normal equations (lstsq's SVD costs 10× more here)
+    X = np.column_stack(regressors + [np.ones(T, np.float32)]).astype(np.float32)
+    gram = (X.T @ X).astype(np.float64)  # a few regressors: normal equations (lstsq's SVD costs 10× more here)
     gram[np.diag_indices_from(gram)] += 1e-9 * np.trace(gram)
-    coef = np.linalg.solve(gram, X.T @ Yr)
+    coef = np.linalg.solve(gram, (X.T @ Yr).astype(np.float64)).astype(np.float32)
     a = np.maximum(coef[0], 0.0).reshape(shape)
     if not a.max() > 0:
         return None
@@ -202,9 +204,17 @@ def _extract(Yb: np.ndarray, Fb: np.ndarray, seed_trace: np.ndarray, seed: tuple
     return a.astype(np.float32), trace
 
 
+def _temporal_median(X: np.ndarray) -> np.ndarray:
+    """Median over time of ``X`` (``T × …``) from at most :data:`MEDIAN_FRAMES` frames evenly
+    spread over it (a baseline; the full median costs a sort of the whole movie)."""
+    step = max(1, -(-X.shape[0] // MEDIAN_FRAMES))
+    return np.median(X[::step], axis=0)
+
+
 def _white_noise(F: np.ndarray) -> np.ndarray:
-    """Noise std of each pixel of ``F`` (``T × …``) from its successive differences (MAD)."""
-    d = np.diff(F, axis=0)
+    """Noise std of each pixel of ``F`` (``T × …``) from its successive differences (MAD;
+    at most :data:`MEDIAN_FRAMES` of them, from the start of the movie)."""
+    d = np.diff(F[:MEDIAN_FRAMES + 1], axis=0)
     mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
     return (mad / (0.6745 * math.sqrt(2.0))).astype(np.float32)
 
@@ -218,10 +228,10 @@ def _pnr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 def _thresholded_corr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """8-neighbour correlation image of ``F`` (``T × h × w``) with values below
     ``NOISE_THR · sigma`` set to 0; border pixels average the neighbours they have."""
-    X = np.where(F >= NOISE_THR * sigma, F, 0.0).astype(np.float32)
-    X -= X.mean(axis=0)
-    sd = np.sqrt((X * X).mean(axis=0))
-    Z = X / np.where(sd > 0, sd, np.inf)
+    Z = np.where(F >= NOISE_THR * sigma, F, np.float32(0.0)).astype(np.float32, copy=False)
+    Z -= Z.mean(axis=0)
+    sd = np.sqrt(np.einsum("tij,tij->ij", Z, Z) / Z.shape[0])
+    Z /= np.where(sd > 0, sd, np.inf).astype(np.float32)  # in place: one copy of the movie
     h, w = Z.shape[1:]
     total = np.zeros((h, w), np.float64)
     count = np.zeros((h, w), np.float64)
