@@ -6,14 +6,14 @@ is chosen:
 
 1. ``F`` = every frame filtered with a zero-sum kernel (a Gaussian of ``gSig`` minus its box
    mean, :func:`somascope.summary.highpass`, CaImAn's ``center_psf``), minus each pixel's
-   temporal median. The smooth background (and most of what a ring model leaves) is gone.
+   temporal median (over at most :data:`MEDIAN_FRAMES` frames). The smooth background (and most of what a ring model leaves) is gone.
 2. ``sigma`` = each pixel's white-noise level in ``F`` (median absolute successive difference
    / (0.6745·√2): robust to transients and to slow drift); the peak-to-noise image
    ``pnr = max_t F / sigma``; the correlation image ``corr`` of ``F`` with values below
    :data:`NOISE_THR` ``· sigma`` set to zero (8 neighbours).
 3. Repeatedly, the pixel with the largest ``corr · pnr`` among those with ``corr ≥ min_corr``
    and ``pnr ≥ min_pnr`` (not yet used) is a seed. Its trace starts as ``F`` at the seed; the
-   footprint is the non-negative least-squares regression of the raw movie in a box of
+   footprint is the least-squares regression (negative weights set to 0) of the movie in a box of
    ``2·gSiz + 1`` px around the seed on that trace, with a local background trace (the median
    of the box pixels that do not correlate with the seed) and a constant as nuisance
    regressors, cut to the connected piece around the seed above :data:`FOOTPRINT_FRAC` of its
