@@ -91,7 +91,10 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
         :class:`~somascope.cnmf.initialization.Initialization`: unit-norm footprints, traces in
         movie units × footprint norm.
     """
-    from .initialization import Initialization, _background_or_empty, _centers_of_mass, _normalize_columns
+    from somascope.summary import highpass
+
+    from .initialization import (Initialization, _background_or_empty, _centers_of_mass, _columns_to_csc,
+                                 _normalize_columns)
 
     Y = np.asarray(Y, np.float32)
     if Y.ndim != 3:
@@ -131,8 +134,6 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
         # remove its filtered contribution and refresh the seed images around it
         near = (slice(max(0, box[0].start - filt[0]), min(H, box[0].stop + filt[0])),
                 slice(max(0, box[1].start - filt[1]), min(W, box[1].stop + filt[1])))
-        from somascope.summary import highpass
-
         ha = highpass(a[near][None], sig)[0]
         cc = (c - np.median(c)).astype(np.float32)
         F[(slice(None),) + near] -= cc[:, None, None] * ha[None]
@@ -143,15 +144,8 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
         corr[near] = _thresholded_corr(F[(slice(None),) + wide], sigma[wide])[inner]
     del F
     P = H * W
-    if cols:
-        A = sp.csc_matrix((np.concatenate([v for _, v in cols]),
-                           (np.concatenate([p for p, _ in cols]),
-                            np.repeat(np.arange(len(cols)), [p.size for p, _ in cols]))),
-                          shape=(P, len(cols)), dtype=np.float32)
-        C = np.vstack(traces).astype(np.float32)
-    else:
-        A = sp.csc_matrix((P, 0), dtype=np.float32)
-        C = np.zeros((0, T), np.float32)
+    A = _columns_to_csc(cols, P)
+    C = np.vstack(traces).astype(np.float32) if traces else np.zeros((0, T), np.float32)
     A, C = _normalize_columns(A, C)
     A = sp.csc_matrix(A, dtype=np.float32)
     Yr = Y.reshape(T, P).T
@@ -226,24 +220,12 @@ def _pnr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
 
 def _thresholded_corr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """8-neighbour correlation image of ``F`` (``T × h × w``) with values below
-    ``NOISE_THR · sigma`` set to 0; border pixels average the neighbours they have."""
-    Z = np.where(F >= NOISE_THR * sigma, F, np.float32(0.0)).astype(np.float32, copy=False)
-    Z -= Z.mean(axis=0)
-    sd = np.sqrt(np.einsum("tij,tij->ij", Z, Z) / Z.shape[0])
-    Z /= np.where(sd > 0, sd, np.inf).astype(np.float32)  # in place: one copy of the movie
-    h, w = Z.shape[1:]
-    total = np.zeros((h, w), np.float64)
-    count = np.zeros((h, w), np.float64)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        a = (slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
-        b = (slice(dy, h), slice(max(0, dx), w + min(0, dx)))
-        r = np.einsum("tij,tij->ij", Z[(slice(None),) + a], Z[(slice(None),) + b]) / Z.shape[0]
-        total[a] += r
-        count[a] += 1
-        total[b] += r
-        count[b] += 1
-    return (total / np.maximum(count, 1)).astype(np.float32)
+    """8-neighbour correlation image (:func:`somascope.summary.correlation_image`) of ``F``
+    (``T × h × w``) with values below ``NOISE_THR · sigma`` set to 0."""
+    from somascope.summary import correlation_image
+
+    return correlation_image(np.where(F >= NOISE_THR * sigma, F, np.float32(0.0)).astype(np.float32, copy=False),
+                             neighbours=8)
 
 
 def _pair(value: float | Sequence[float], kind: type) -> tuple[Any, Any]:

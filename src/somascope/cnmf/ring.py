@@ -25,6 +25,7 @@ background-subtracted twice.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -80,10 +81,17 @@ class RingModel:
     ssub_B: int
     radius: float
 
+    @functools.cached_property
+    def _upsample(self) -> sp.csr_matrix:
+        """``pixels × pixels_ds`` linear interpolation back to full resolution (built once)."""
+        from .initialization import _spatial_interpolation
+
+        return _spatial_interpolation(self.dims, self.ssub_B)
+
     def background(self, frames: np.ndarray, AC: np.ndarray | None = None) -> np.ndarray:
         """``B`` of ``frames`` (``t × H × W``) given the components' ``A·C`` on them (same
         shape; None: no component known). Float32 ``t × H × W``."""
-        from .initialization import _block_mean, _spatial_interpolation
+        from .initialization import _block_mean
 
         frames = np.asarray(frames, np.float32)
         t = frames.shape[0]
@@ -93,7 +101,7 @@ class RingModel:
         Xd = _block_mean(X, (1,) + (self.ssub_B,) * len(self.dims)).reshape(t, -1)
         Bd = np.asarray(self.W @ Xd.T)  # pixels_ds × t
         if self.ssub_B > 1:
-            Bd = np.asarray(_spatial_interpolation(self.dims, self.ssub_B) @ Bd)
+            Bd = np.asarray(self._upsample @ Bd)
         B = Bd.T.reshape((t,) + self.dims).astype(np.float32)
         B += self.b0.reshape(self.dims)
         return B

@@ -271,7 +271,7 @@ def dff_settings(ctx: Any) -> dict[str, Any]:
     T = int(ctx.shape[0])
     window = int(round(DFF_WINDOW_SECONDS * ctx.params.data.fr))
     return {"quantile_min": DFF_QUANTILE_MIN, "frames_window": window if window < T else None,
-            "flag_auto": True, "use_residuals": True, "detrend_only": False}
+            "flag_auto": True, "use_residuals": True}
 
 
 def traces_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -325,7 +325,7 @@ def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None,
         b, f = np.asarray(baseline, np.float32)[:, None], np.ones((1, C.shape[1]), np.float32)
     F = detrend_df_f(est.A, b, C, f, YrA, quantile_min=dff["quantile_min"],
                      frames_window=dff["frames_window"], flag_auto=dff["flag_auto"],
-                     use_residuals=dff["use_residuals"], detrend_only=dff["detrend_only"])
+                     use_residuals=dff["use_residuals"])
     return dataclasses.replace(est, C=C, S=d.S.astype(np.float32), YrA=YrA, bl=d.b, g=d.g, c1=d.c1, lam=d.lam,
                                neurons_sn=d.sn, F_dff=np.asarray(F, np.float32))
 

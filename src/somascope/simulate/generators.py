@@ -174,6 +174,30 @@ def simulate(p: dict[str, Any], modality: str) -> Simulation:
     return simulate_session(c, footprints, props, background, modality=modality, params=params, out=p["out"])
 
 
+#: Arguments the hard presets take (the rest belong to the easy model).
+_HARD_KEYS = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
+              "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
+
+
+def _with_preset(p: dict[str, Any], modality: str) -> Simulation:
+    """Simulate the arguments ``p`` of :func:`two_photon` / :func:`one_photon` with their
+    ``preset``: the hard family of ``modality`` or the easy model."""
+    preset = p.pop("preset")
+    if preset == "hard":
+        if modality == "one_photon":
+            from .hard_1p import simulate_hard_1p as hard
+
+            keys = _HARD_KEYS
+        else:
+            from .hard import simulate_hard as hard
+
+            keys = _HARD_KEYS + ("nonrigid_amplitude",)
+        return hard(**{k: p[k] for k in keys})
+    if preset not in (None, "easy"):
+        raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
+    return simulate(p, modality)
+
+
 def two_photon(
     dims: tuple[int, int] = (128, 128),
     n_frames: int = 2000,
@@ -257,17 +281,7 @@ def two_photon(
     ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
     ``preset=None`` or ``"easy"`` is the model above.
     """
-    p = dict(locals())
-    preset = p.pop("preset")
-    if preset == "hard":
-        from .hard import simulate_hard
-
-        keys = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
-                "nonrigid_amplitude", "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
-        return simulate_hard(**{k: p[k] for k in keys})
-    if preset not in (None, "easy"):
-        raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
-    return simulate(p, "two_photon")
+    return _with_preset(dict(locals()), "two_photon")
 
 
 def one_photon(
@@ -329,17 +343,7 @@ def one_photon(
     ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
     ``preset=None`` or ``"easy"`` is the model above.
     """
-    p = dict(locals())
-    preset = p.pop("preset")
-    if preset == "hard":
-        from .hard_1p import simulate_hard_1p
-
-        keys = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
-                "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
-        return simulate_hard_1p(**{k: p[k] for k in keys})
-    if preset not in (None, "easy"):
-        raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
-    return simulate(p, "one_photon")
+    return _with_preset(dict(locals()), "one_photon")
 
 
 def volumetric(

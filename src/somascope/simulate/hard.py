@@ -233,8 +233,6 @@ def simulate_hard(
     (:func:`somascope.metrics.peak_snr`), ``snr_spike`` (K,) one spike's SNR, ``b0`` (H, W)
     baseline background photons (camera frame, unbleached), ``adu_gain`` and ``adu_offset``.
     """
-    from ..metrics import peak_snr
-
     s = settings
     dims = (int(dims[0]), int(dims[1]))
     radius = float(np.mean(neuron_radius))
@@ -250,48 +248,81 @@ def simulate_hard(
     center_px = np.ravel_multi_index(tuple(np.clip(np.rint(fp.centers).astype(int), 0, [H - 1, W - 1]).T), dims)
     cells = hard_cells(streams.rng_for(seed, streams.PROPERTIES), fp.kind, b_t[center_px, 0], decay_time, s)
 
-    bleach = bleaching(n_frames, frame_rate, -max(n_frames - 1, 1) / frame_rate / np.log(1.0 - s.bleach))
-    g = np.array([ar_coefficients(d, frame_rate, r) for d, r in zip(cells.decay, cells.rise)]).reshape(-1, 2)
-    counts = spike_counts(streams.rng_for(seed, streams.TRACES, 0), cells.rate, n_frames, frame_rate,
-                          cells.burst_rate, burst_size=s.burst_size)
-    peaks = np.array([impulse_peak(gk) for gk in g])
-    C_t = calcium(counts * (cells.amplitude / peaks)[:, None] * bleach[None, :], g)
-    resting = np.asarray(fp.A @ cells.F0).ravel().astype(np.float32)
-    b_t = np.column_stack([b_t, resting])
-    f_t = np.vstack([f_t, np.ones((1, n_frames))]) * bleach[None, :]
-    kinds = (*kinds, "resting")
-
-    V = vignette(dims, s.vignette).ravel()
-    A, a_peak = _unit_columns(sparse.csc_matrix(sparse.diags(V) @ fp.A))
-    b, b_peak = _unit_columns(b_t * V[:, None])
-    C, f = C_t * a_peak[:, None], f_t * b_peak[:, None]
-    S = counts * (cells.amplitude * a_peak / peaks)[:, None] * bleach[None, :]
-
+    bleach, g, counts, peaks, C_t = hard_traces(seed, cells, n_frames, frame_rate, s.bleach, s.burst_size)
     mot = None
     if motion in ("rigid", "nonrigid"):
         rng = streams.rng_for(seed, streams.MOTION, 0)
         rigid = jumpy_path(rng, n_frames, frame_rate, s.motion_std, s.jump_rate, s.jump_amplitude)
         amp = s.nonrigid_amplitude if nonrigid_amplitude is None else float(np.max(nonrigid_amplitude))
         mot = make_motion(rng, dims, n_frames, frame_rate, motion, np.zeros(2), np.full(2, amp), rigid=rigid)
-    noise = NoiseModel(1.0, s.read_noise)
     params = {"modality": "two_photon", "preset": "hard", "dims": list(dims), "n_frames": n_frames,
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "nonrigid_amplitude": nonrigid_amplitude,
               "settings": json.loads(json.dumps(asdict(s)))}
+    return assemble_hard(
+        fp=fp, radii=radii, cells=cells, C_t=C_t, b_t=b_t, f_t=f_t, kinds=kinds, counts=counts, peaks=peaks, g=g,
+        bleach=bleach, mot=mot, dims=dims, frame_rate=frame_rate, decay_time=decay_time, params=params,
+        vignette_strength=s.vignette, read_noise=s.read_noise, adu_gain=s.adu_gain, adu_offset=s.adu_offset,
+        seed=seed, render=dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames,
+                               n_threads=n_threads, progress=progress),
+    )
+
+
+def hard_traces(seed: int, cells: Any, n_frames: int, frame_rate: float, bleach_fraction: float,
+                burst_size: float) -> tuple[np.ndarray, ...]:
+    """The cells' activity in a hard-preset movie: ``(bleach, g, counts, peaks, C_t)`` — the
+    bleaching curve (T,) losing ``bleach_fraction`` over the movie, AR(2) coefficients (K, 2),
+    spike counts (K, T), each cell's impulse peak (K,) and calcium (K, T, photons, bleached)."""
+    bleach = bleaching(n_frames, frame_rate, -max(n_frames - 1, 1) / frame_rate / np.log(1.0 - bleach_fraction))
+    g = np.array([ar_coefficients(d, frame_rate, r) for d, r in zip(cells.decay, cells.rise)]).reshape(-1, 2)
+    counts = spike_counts(streams.rng_for(seed, streams.TRACES, 0), cells.rate, n_frames, frame_rate,
+                          cells.burst_rate, burst_size=burst_size)
+    peaks = np.array([impulse_peak(gk) for gk in g])
+    C_t = calcium(counts * (cells.amplitude / peaks)[:, None] * bleach[None, :], g)
+    return bleach, g, counts, peaks, C_t
+
+
+def assemble_hard(*, fp: Footprints, radii: np.ndarray, cells: Any, C_t: np.ndarray, b_t: np.ndarray,
+                  f_t: np.ndarray, kinds: tuple[str, ...], counts: np.ndarray, peaks: np.ndarray, g: np.ndarray,
+                  bleach: np.ndarray, mot: Any, dims: tuple[int, int], frame_rate: float, decay_time: float,
+                  params: dict[str, Any], vignette_strength: float, read_noise: float, adu_gain: float,
+                  adu_offset: float, seed: int, render: dict[str, Any]) -> Simulation:
+    """Render a hard-preset movie and its ground truth (shared by the two- and one-photon presets).
+
+    Adds the cells' resting light as a background component, vignettes everything (the truth is
+    in the camera frame: ``A`` unit-max, ``C`` in photons), renders with shot and read noise
+    (:func:`~somascope.simulate.render.render_movie`; ``render`` holds its ``order``, ``out``,
+    ``overwrite``, ``chunk_frames``, ``n_threads``, ``progress``) and fills
+    :class:`Simulation` with the ``extra`` keys both presets document. ``params["modality"]``
+    names the modality.
+    """
+    from ..metrics import peak_snr
+
+    n_frames = int(C_t.shape[1])
+    resting = np.asarray(fp.A @ cells.F0).ravel().astype(np.float32)
+    b_t = np.column_stack([b_t, resting])
+    f_t = np.vstack([f_t, np.ones((1, n_frames))]) * bleach[None, :]
+    kinds = (*kinds, "resting")
+
+    V = vignette(dims, vignette_strength).ravel()
+    A, a_peak = _unit_columns(sparse.csc_matrix(sparse.diags(V) @ fp.A))
+    b, b_peak = _unit_columns(b_t * V[:, None])
+    C, f = C_t * a_peak[:, None], f_t * b_peak[:, None]
+    S = counts * (cells.amplitude * a_peak / peaks)[:, None] * bleach[None, :]
+    noise = NoiseModel(1.0, read_noise)
     movie = render_movie(
         fp.A, C_t, b_t.astype(np.float32), f_t, dims, noise=noise, noise_key=(seed, streams.NOISE, 0), motion=mot,
-        vignette=V.reshape(dims), order=interp_order, out=out, overwrite=overwrite, frame_rate=frame_rate,
-        metadata={"simulation": params}, chunk_frames=chunk_frames, n_threads=n_threads, progress=progress,
+        vignette=V.reshape(dims), frame_rate=frame_rate, metadata={"simulation": params}, **render,
     )
     still = np.asarray(A @ C.mean(axis=1)).ravel() + b @ f.mean(axis=1)
     still_mean = still.astype(np.float32).reshape(dims)
     unit = np.ones((1, 1))
     extra = {
         "radius": radii, "tau": np.column_stack([cells.rise, cells.decay]), "F0": cells.F0 * a_peak,
-        "snr": peak_snr(A, C, still_mean, s.read_noise),
-        "snr_spike": peak_snr(A, (cells.amplitude * a_peak)[:, None] * unit, still_mean, s.read_noise),
+        "snr": peak_snr(A, C, still_mean, read_noise),
+        "snr_spike": peak_snr(A, (cells.amplitude * a_peak)[:, None] * unit, still_mean, read_noise),
         "b0": (b[:, 0] * f[0, 0] / bleach[0]).reshape(dims).astype(np.float32),
-        "adu_gain": s.adu_gain, "adu_offset": s.adu_offset,
+        "adu_gain": adu_gain, "adu_offset": adu_offset,
     }
     target = (fp.kind == "soma") & cells.active
     params["snr"] = float(np.median(extra["snr"][target])) if target.any() else 0.0  # median peak SNR
@@ -299,9 +330,8 @@ def simulate_hard(
         movie=movie, A=A, C=C, S=S, b=b, f=f, dims=dims, frame_rate=frame_rate, decay_time=decay_time, g=g,
         kind=fp.kind, active=cells.active,
         shifts=mot.rigid if mot is not None else np.zeros((n_frames, 2), np.float32),
-        still_mean=still_mean, noise_std=noise.std(still_mean), seed=seed, params=params, modality="two_photon",
-        spike_counts=counts, amplitude=cells.amplitude * a_peak, rate=cells.rate, ring=fp.ring,
-        centers=fp.centers, cell_ids=np.arange(fp.kind.size), background_kind=kinds, bleach=bleach,
-        vignette=V.reshape(dims), photon_gain=1.0, read_noise=s.read_noise, motion=mot, extra=extra,
+        still_mean=still_mean, noise_std=noise.std(still_mean), seed=seed, params=params,
+        modality=params["modality"], spike_counts=counts, amplitude=cells.amplitude * a_peak, rate=cells.rate,
+        ring=fp.ring, centers=fp.centers, cell_ids=np.arange(fp.kind.size), background_kind=kinds, bleach=bleach,
+        vignette=V.reshape(dims), photon_gain=1.0, read_noise=read_noise, motion=mot, extra=extra,
     )
-

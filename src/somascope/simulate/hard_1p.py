@@ -57,19 +57,16 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import ndimage
 
 from . import _fields as streams
 from ._fields import smooth_field
-from .background import bleaching, vignette
 from .footprints import Footprints, columns_to_csc, crop_to_fov, place_centers, soma_patch
 from .hard import SETTINGS as HARD_2P
-from .hard import HardSettings, _unit_columns, hard_cells
+from .hard import HardSettings, assemble_hard, hard_cells, hard_traces
 from .motion import MotionModel, jumpy_path
 from .neuropil import blob_activity, field_activity, neuropil_blobs, neuropil_fields, vessel_mask
-from .render import NoiseModel, render_movie
 from .result import Simulation
-from .traces import ar_coefficients, calcium, impulse_peak, spike_counts
 
 
 @dataclass(frozen=True)
@@ -257,8 +254,6 @@ def simulate_hard_1p(
     ``extra["b0"]`` the baseline background (camera frame, unbleached); ``modality`` is
     ``"one_photon"``.
     """
-    from ..metrics import peak_snr
-
     s = settings
     dims = (int(dims[0]), int(dims[1]))
     radius = float(np.mean(neuron_radius))
@@ -275,57 +270,21 @@ def simulate_hard_1p(
     cells = hard_cells(streams.rng_for(seed, streams.PROPERTIES), fp.kind, b_t[center_px, 0], decay_time,
                        _cell_settings(s))
 
-    bleach = bleaching(n_frames, frame_rate, -max(n_frames - 1, 1) / frame_rate / np.log(1.0 - s.bleach))
-    g = np.array([ar_coefficients(d, frame_rate, r) for d, r in zip(cells.decay, cells.rise)]).reshape(-1, 2)
-    counts = spike_counts(streams.rng_for(seed, streams.TRACES, 0), cells.rate, n_frames, frame_rate,
-                          cells.burst_rate, burst_size=s.burst_size)
-    peaks = np.array([impulse_peak(gk) for gk in g])
-    C_t = calcium(counts * (cells.amplitude / peaks)[:, None] * bleach[None, :], g)
+    bleach, g, counts, peaks, C_t = hard_traces(seed, cells, n_frames, frame_rate, s.bleach, s.burst_size)
     f_t = hard_1p_dynamics(streams.rng_for(seed, streams.NEUROPIL, 1), b_t.shape[1] - 2 - s.n_fields, n_frames,
                            frame_rate, counts.sum(axis=0), s)
-    resting = np.asarray(fp.A @ cells.F0).ravel().astype(np.float32)
-    b_t = np.column_stack([b_t, resting])
-    f_t = np.vstack([f_t, np.ones((1, n_frames))]) * bleach[None, :]
-    kinds = (*kinds, "resting")
-
-    V = vignette(dims, s.vignette).ravel()
-    A, a_peak = _unit_columns(sparse.csc_matrix(sparse.diags(V) @ fp.A))
-    b, b_peak = _unit_columns(b_t * V[:, None])
-    C, f = C_t * a_peak[:, None], f_t * b_peak[:, None]
-    S = counts * (cells.amplitude * a_peak / peaks)[:, None] * bleach[None, :]
-
     mot = None
     if motion == "rigid":
         rigid = jumpy_path(streams.rng_for(seed, streams.MOTION, 0), n_frames, frame_rate, s.motion_std,
                            s.jump_rate, s.jump_amplitude)
         mot = MotionModel(dims, rigid)
-    noise = NoiseModel(1.0, s.read_noise)
     params = {"modality": "one_photon", "preset": "hard", "dims": list(dims), "n_frames": n_frames,
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "settings": json.loads(json.dumps(asdict(s)))}
-    movie = render_movie(
-        fp.A, C_t, b_t.astype(np.float32), f_t, dims, noise=noise, noise_key=(seed, streams.NOISE, 0), motion=mot,
-        vignette=V.reshape(dims), order=interp_order, out=out, overwrite=overwrite, frame_rate=frame_rate,
-        metadata={"simulation": params}, chunk_frames=chunk_frames, n_threads=n_threads, progress=progress,
-    )
-    still = np.asarray(A @ C.mean(axis=1)).ravel() + b @ f.mean(axis=1)
-    still_mean = still.astype(np.float32).reshape(dims)
-    unit = np.ones((1, 1))
-    extra = {
-        "radius": radii, "tau": np.column_stack([cells.rise, cells.decay]), "F0": cells.F0 * a_peak,
-        "snr": peak_snr(A, C, still_mean, s.read_noise),
-        "snr_spike": peak_snr(A, (cells.amplitude * a_peak)[:, None] * unit, still_mean, s.read_noise),
-        "b0": (b[:, 0] * f[0, 0] / bleach[0]).reshape(dims).astype(np.float32),
-        "adu_gain": s.adu_gain, "adu_offset": s.adu_offset,
-    }
-    target = (fp.kind == "soma") & cells.active
-    params["snr"] = float(np.median(extra["snr"][target])) if target.any() else 0.0  # median peak SNR
-    return Simulation(
-        movie=movie, A=A, C=C, S=S, b=b, f=f, dims=dims, frame_rate=frame_rate, decay_time=decay_time, g=g,
-        kind=fp.kind, active=cells.active,
-        shifts=mot.rigid if mot is not None else np.zeros((n_frames, 2), np.float32),
-        still_mean=still_mean, noise_std=noise.std(still_mean), seed=seed, params=params, modality="one_photon",
-        spike_counts=counts, amplitude=cells.amplitude * a_peak, rate=cells.rate, ring=fp.ring,
-        centers=fp.centers, cell_ids=np.arange(fp.kind.size), background_kind=kinds, bleach=bleach,
-        vignette=V.reshape(dims), photon_gain=1.0, read_noise=s.read_noise, motion=mot, extra=extra,
+    return assemble_hard(
+        fp=fp, radii=radii, cells=cells, C_t=C_t, b_t=b_t, f_t=f_t, kinds=kinds, counts=counts, peaks=peaks, g=g,
+        bleach=bleach, mot=mot, dims=dims, frame_rate=frame_rate, decay_time=decay_time, params=params,
+        vignette_strength=s.vignette, read_noise=s.read_noise, adu_gain=s.adu_gain, adu_offset=s.adu_offset,
+        seed=seed, render=dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames,
+                               n_threads=n_threads, progress=progress),
     )
