@@ -113,6 +113,17 @@ def test_subtracted_movie_keeps_the_neuron_and_loses_the_background(tmp_path) ->
     out = subtract_ring_background(src, model, tmp_path / "clean.zarr")
     assert is_ring_subtracted(out) and out.metadata[MARK] and not is_ring_subtracted(src)
     np.testing.assert_allclose(out[:], clean, atol=1e-3)
+    # written by workers, range by range, it is the same movie; so with components removed
+    from somascope.parallel import Engine
+
+    A = a.reshape(-1, 1)
+    serial = subtract_ring_background(Y, model, A=A, C=c[None])
+    with Engine("local", n_workers=2) as engine:
+        par = subtract_ring_background(src, model, tmp_path / "clean-par.zarr", engine=engine)
+        par_ac = subtract_ring_background(src, model, tmp_path / "clean-ac.zarr", A=A, C=c[None], engine=engine)
+    np.testing.assert_allclose(par[:], clean, atol=1e-3)
+    np.testing.assert_allclose(par_ac[:], serial, atol=1e-3)
+    assert is_ring_subtracted(par) and not np.allclose(serial, clean, atol=1e-2)
     save_ring_model(model, tmp_path / "ring.npz")
     back = load_ring_model(tmp_path / "ring.npz")
     assert (back.W != model.W).nnz == 0 and np.array_equal(back.b0, model.b0) and back.dims == model.dims

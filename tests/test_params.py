@@ -91,7 +91,7 @@ def test_one_photon_defaults():
     assert p.init.gSig == (3.0, 3.0) and p.init.gSiz == (13, 13)  # CNMF-E's filter and box
     assert p.init.nb == 0 and p.patch.nb_patch == 0 and not p.init.normalize_init
     assert p.motion.gSig_filt == p.init.gSig  # high-pass before registration
-    assert p.patch.rf == (39, 39) and p.patch.stride == (20, 20)
+    assert p.patch.rf == (39, 39) and p.patch.stride == (13, 13)  # one neuron box of overlap, as for 2p
 
 
 def test_given_values_win_over_rules_and_gsig_sets_the_radius():

@@ -11,6 +11,7 @@ from scipy import ndimage
 from somascope.summary import (
     SummaryImages,
     correlation_image,
+    highpass,
     load_summary,
     max_correlation_image,
     mean_image,
@@ -213,6 +214,78 @@ def test_pnr_is_high_on_an_active_cell() -> None:
     pnr, corr_pnr = pnr_image(movie, 2)
     assert pnr[12, 12] > 3 * np.median(pnr)
     assert corr_pnr[12, 12] > 0.5 > np.median(corr_pnr)
+
+
+# ---------------------------------------------------------------------------------------
+# The high-pass filter
+# ---------------------------------------------------------------------------------------
+
+
+def ref_highpass_separable(frame: np.ndarray, gsig: float | tuple[float, ...]) -> np.ndarray:
+    """Gaussian minus box, each as SciPy 1-D filters along every axis, all in float64 (the
+    definition the kernel implements, also where the radius exceeds the frame)."""
+    sig = np.broadcast_to(np.asarray(gsig, float), (frame.ndim,))
+    blur = box = frame.astype(np.float64)
+    for axis, s in enumerate(sig):
+        r = max(1, int(2 * s))
+        g = np.exp(-0.5 * np.arange(-r, r + 1) ** 2 / s**2)
+        blur = ndimage.correlate1d(blur, g / g.sum(), axis=axis, mode="reflect")
+        box = ndimage.uniform_filter1d(box, 2 * r + 1, axis=axis, mode="reflect")
+    return blur - box
+
+
+def scipy_highpass(frames: np.ndarray, gsig: float | tuple[float, ...]) -> np.ndarray:
+    """The SciPy path of :func:`highpass` (float32 between the axes), as 2-D movies ran it before."""
+    from somascope import summary
+
+    sig = summary._as_gsig(gsig, frames.ndim - 1)
+    radii = [max(1, int(2 * s)) for s in sig]
+    return summary._highpass_scipy(frames.astype(np.float32), sig, radii, np.empty(frames.shape, np.float32))
+
+
+HIGHPASS_CASES = [
+    ((4, 32, 32), 2.0),  # square
+    ((3, 37, 23), 4.0),  # non-square, radius 8
+    ((3, 23, 41), (1.0, 3.0)),  # per-axis gSig
+    ((3, 5, 4), 3.0),  # radius 6 exceeds both sides: reflected more than once
+    ((2, 1, 7), (0.4, 2.5)),  # one row; radius floor of 1
+    ((2, 2, 2), 6.0),
+]
+
+
+@pytest.mark.parametrize("shape, gsig", HIGHPASS_CASES)
+def test_highpass_kernel_equals_float64_reference(shape: tuple[int, ...], gsig: float | tuple[float, ...]) -> None:
+    rng = np.random.default_rng(len(shape) + shape[1])
+    frames = (500.0 + 10.0 * rng.random(shape)).astype(np.float32)  # a large baseline, small signal
+    out = highpass(frames, gsig)
+    assert out.dtype == np.float32 and out.shape == frames.shape
+    ref = np.stack([ref_highpass_separable(f, gsig) for f in frames])
+    scale = np.abs(ref).max()
+    assert np.abs(out - ref).max() <= 1e-6 * scale
+    # The SciPy path rounds to float32 between its passes: a few units in the last place of the
+    # baseline of 500 (~5e-5 of the filtered scale here); the kernel is float64 throughout.
+    assert np.abs(out - scipy_highpass(frames, gsig)).max() <= 4 * np.spacing(np.float32(510.0))
+    centred = frames - np.float32(500.0)  # what the scan filters (frames minus a mean image)
+    assert np.abs(highpass(centred, gsig) - scipy_highpass(centred, gsig)).max() <= 1e-5 * scale
+
+
+def test_highpass_kernel_equals_explicit_2d_kernel_and_maps_constants_to_zero(movie: np.ndarray) -> None:
+    out = highpass(movie, 2.0)
+    np.testing.assert_allclose(out, np.stack([ref_highpass(f, 2.0) for f in movie]), atol=1e-5 * np.abs(out).max())
+    assert np.abs(highpass(np.full((2, 9, 12), 700.0, np.float32), (1.5, 2.5))).max() < 1e-4
+    # any dtype and memory layout in, float32 out, input untouched
+    ints = np.round(movie[:5] * 10).astype(np.uint16)
+    strided = np.asfortranarray(ints.astype(np.float64))[:, ::2, ::-1]
+    np.testing.assert_allclose(highpass(strided, 1.0), highpass(np.ascontiguousarray(strided, np.float32), 1.0),
+                               rtol=0, atol=0)
+    np.testing.assert_allclose(highpass(ints, 1.0), scipy_highpass(ints, 1.0), atol=1e-4 * 10 * np.abs(out).max())
+
+
+def test_highpass_volumes_keep_the_scipy_path() -> None:
+    vol = blob_movie(3, (4, 9, 8), seed=3, n_cells=2)
+    np.testing.assert_array_equal(highpass(vol, (1.0, 2.0, 2.0)), scipy_highpass(vol, (1.0, 2.0, 2.0)))
+    ref = np.stack([ref_highpass_separable(v, (1.0, 2.0, 2.0)) for v in vol])
+    np.testing.assert_allclose(highpass(vol, (1.0, 2.0, 2.0)), ref, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   ``gSig`` (``r = gSig``, 1p: ``2·gSig``) or ``gSiz`` (``(gSiz - 1) / 2``), else 5 px.
 * ``init.gSig = r`` (1p: ``r / 2``, the CNMF-E filter width);
   ``init.gSiz = 2·ceil(r) + 1`` (odd; equals ``2·gSig + 1`` for two-photon).
-* ``patch.rf = 4·gSiz`` (1p: ``3·gSiz``, room for the ring background): patches of about
+* ``patch.rf = 4·gSiz`` (1p: ``3·gSiz``; GreedyCorr's cost grows faster than a patch's area:
+  4·gSiz patches cost it 4.5× the time on a 256×256 one-photon movie): patches of about
   eight neurons across (88 px for 5 px neurons), large enough that the overlaps cost little;
-  ``patch.stride = gSiz`` (1p: ``ceil(1.5·gSiz)``) so every neuron lies whole in some patch.
+  ``patch.stride = gSiz`` so every neuron lies whole in some patch.
 * ``init.K`` = components per patch: ``round(0.6 × patch volume / neuron volume)`` (room
   for dense somata, dendrites and neuropil pieces: surplus candidates are merged away or
   rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf`` is None
@@ -964,10 +965,6 @@ def _rule_K(v: dict[str, Any], ndim: int) -> int:
 NB_2P = 3
 
 
-def _stride_of(gsiz: int, is_1p: bool) -> int:
-    return _ceil(1.5 * gsiz) if is_1p else gsiz
-
-
 # (dotted key, rule(values, ndim)); evaluated in this order, each rule sees the values
 # (given or derived) of the keys before it. data.* is always given by then.
 _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
@@ -975,7 +972,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
                                      for r in v["data.neuron_radius"])),
     ("init.gSiz", lambda v, n: tuple(2 * _ceil(r) + 1 for r in v["data.neuron_radius"])),
     ("patch.rf", lambda v, n: tuple((3 if v["data.is_1p"] else 4) * s for s in v["init.gSiz"])),
-    ("patch.stride", lambda v, n: tuple(_stride_of(s, v["data.is_1p"]) for s in v["init.gSiz"])),
+    ("patch.stride", lambda v, n: tuple(v["init.gSiz"])),
     ("init.K", _rule_K),
     ("init.ssub", lambda v, n: max(1, math.floor(min(v["init.gSig"]) / 2.5 + 1e-9))),
     ("init.tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 6 + 1e-9))),

@@ -289,7 +289,8 @@ def _fit_ring(source: Any, params: Any, *, fov_mask: Any = None, **kwargs: Any) 
         model = fit_ring_model(source, params, progress=kwargs["progress"])
         if fov_mask is None:
             fov_mask = fov_mask_from_params(params, model.dims, model.b0)
-        bs = subtract_ring_background(source, model, ring_output_path(source), progress=kwargs["progress"])
+        bs = subtract_ring_background(source, model, ring_output_path(source), engine=kwargs["engine"],
+                                      progress=kwargs["progress"])
     # otherwise (an already subtracted Store) the inner fit reads a mask file itself
     est = _fit(bs, params.replace(nb=RING_RESIDUAL_NB), fov_mask=fov_mask, **kwargs)
     return dataclasses.replace(est, params=params.to_dict())

@@ -235,51 +235,98 @@ def fit_ring_model(source: Any, params: Any, *, A: Any = None, C: np.ndarray | N
 
 
 def subtract_ring_background(source: Any, model: RingModel, out: str | Path | None = None, *,
-                             A: Any = None, C: np.ndarray | None = None, progress: bool = False) -> Any:
+                             A: Any = None, C: np.ndarray | None = None, engine: Any = None,
+                             progress: bool = False) -> Any:
     """``Y − B`` of a movie: a new float32 array (``out`` None) or a finalised Store at ``out``
     (written in chunks of frames; marked with :data:`MARK`). ``A``/``C`` as in
-    :func:`fit_ring_model`. The source is never modified."""
-    from somascope.io.chunks import frame_ranges, read_ahead
+    :func:`fit_ring_model`. With a parallel ``engine`` and a Store to write, the frames are
+    cut into ``time_chunk``-aligned ranges that the workers read, subtract and write (each
+    range is one task: the model travels once per task). The source is never modified."""
     from somascope.store import Store
 
     T, dims = int(source.shape[0]), tuple(int(d) for d in source.shape[1:])
     if dims != model.dims:
         raise ValueError(f"the ring model was fitted on {model.dims} frames, the movie has {dims}.")
-    A = sp.csc_matrix(A, dtype=np.float32) if A is not None else None
-    store = None
+    A = sp.csc_matrix(A, dtype=np.float32) if A is not None and sp.csc_matrix(A).shape[1] else None
+    C = None if A is None else np.asarray(C, np.float32)
     if out is None:
         result = np.empty((T,) + dims, np.float32)
-        step = max(1, _READ_ELEMENTS // max(math.prod(dims), 1))
-    else:
-        meta = dict(getattr(source, "metadata", None) or {})
-        meta[MARK] = True
-        store = Store.create(out, (T,) + dims, frame_rate=getattr(source, "frame_rate", None), metadata=meta,
-                             overwrite=True)
-        tc = store.time_chunk
-        step = max(tc, (_READ_ELEMENTS // max(math.prod(dims), 1)) // tc * tc)
-    bar = _bar(progress, T, "ring background: subtract")
-    try:
-        # np.array copies: the block is changed in place and the source must never be
-        for t0, t1, block in read_ahead(lambda a, b: np.array(source[a:b], dtype=np.float32),
-                                        frame_ranges(T, step)):
-            AC = None
-            if A is not None and A.shape[1]:
-                AC = np.asarray(A @ np.asarray(C[:, t0:t1], np.float32)).T.reshape(block.shape)
-            block -= model.background(block, AC)
-            if store is None:
+        step = max(1, _READ_ELEMENTS // 8 // max(math.prod(dims), 1))
+        bar = _bar(progress, T, "ring background: subtract")
+        try:
+            for t0, t1, block in _subtracted_blocks(source, model, A, C, 0, T, step):
                 result[t0:t1] = block
-            else:
-                store.write(t0, block)
+                if bar is not None:
+                    bar.update(t1 - t0)
+        finally:
             if bar is not None:
-                bar.update(t1 - t0)
+                bar.close()
+        return result
+    meta = dict(getattr(source, "metadata", None) or {})
+    meta[MARK] = True
+    store = Store.create(out, (T,) + dims, frame_rate=getattr(source, "frame_rate", None), metadata=meta,
+                         overwrite=True)
+    tc = store.time_chunk
+    parallel = engine is not None and getattr(engine, "kind", "serial") != "serial"
+    # writes in whole time chunks (a worker: one at a time, as several workers hold theirs at
+    # once), each assembled from blocks of a few frames
+    write_step = tc if parallel else max(tc, (_READ_ELEMENTS // max(math.prod(dims), 1)) // tc * tc)
+    step = max(1, _READ_ELEMENTS // 8 // max(math.prod(dims), 1))
+    n_chunks = -(-T // tc)
+    n_ranges = max(1, min(n_chunks, 2 * int(getattr(engine, "n_workers", 1)))) if parallel else 1
+    per = -(-n_chunks // n_ranges) * tc  # whole time chunks per range: no two tasks write one chunk
+    items = [(source, str(store.path), model, A, None if C is None else C[:, t0:min(T, t0 + per)],
+              t0, min(T, t0 + per), write_step, step) for t0 in range(0, T, per)]
+    try:
+        if parallel:
+            engine.map(_subtract_range, items, desc="ring background: subtract", progress=progress, unit="range")
+        else:
+            bar = _bar(progress, T, "ring background: subtract")
+            try:
+                for item in items:
+                    _subtract_range(item, store, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
     except BaseException:
-        if store is not None:
-            store.discard()
+        store.discard()
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return result if store is None else store.finalize()
+    return store.finalize()
+
+
+def _subtract_range(item: tuple[Any, ...], store: Any = None, bar: Any = None) -> int:
+    """Write ``Y − B`` of frames ``t0:t1`` into the unfinished Store at ``path`` (a task), in
+    writes of ``write_step`` frames computed ``step`` frames at a time."""
+    from somascope.io.chunks import frame_ranges
+    from somascope.store import Store
+
+    source, path, model, A, C, t0, t1, write_step, step = item
+    if store is None:
+        store = Store.open(path, mode="r+")
+    for w0, w1 in frame_ranges(t1, write_step, t0):
+        out = np.empty((w1 - w0,) + tuple(model.dims), np.float32)
+        for a, b, block in _subtracted_blocks(source, model, A, C, w0, w1, step, c_offset=t0):
+            out[a - w0:b - w0] = block
+            if bar is not None:
+                bar.update(b - a)
+        store.write(w0, out)
+    return t1 - t0
+
+
+def _subtracted_blocks(source: Any, model: RingModel, A: Any, C: Any, t0: int, t1: int, step: int,
+                       c_offset: int = 0) -> Any:
+    """``(a, b, Y[a:b] − B)`` for consecutive blocks of ``step`` frames of ``t0:t1`` (read ahead;
+    ``C``'s column 0 is frame ``c_offset``)."""
+    from somascope.io.chunks import frame_ranges, read_ahead
+
+    ranges = frame_ranges(t1, step, t0)
+    # np.array copies: the block is changed in place and the source must never be
+    for a, b, block in read_ahead(lambda a, b: np.array(source[a:b], dtype=np.float32), ranges):
+        AC = None
+        if A is not None:
+            AC = np.asarray(A @ C[:, a - c_offset:b - c_offset]).T.reshape(block.shape)
+        block -= model.background(block, AC)
+        yield a, b, block
 
 
 def ring_output_path(source: Any) -> Path | None:

@@ -149,7 +149,7 @@ def run_summary(ctx: Any, folder: Path) -> Outcome:
 
     s = summary_settings(ctx)
     images = summary_images(ctx.store(), neighbours=s["neighbours"], max_corr_frames=s["max_corr_frames"],
-                            gSig=s["gSig"], progress=ctx.progress)
+                            gSig=s["gSig"], progress=ctx.progress, engine=ctx.engine.get())
     written = save_summary(images, folder)
     return Outcome(f"{len(images.images())} images", sorted(written), {"summary": images})
 
@@ -191,7 +191,8 @@ def run_background(ctx: Any, folder: Path) -> Outcome:
     with atomic_path(folder / "fov_mask.npy") as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, mask)
-    subtract_ring_background(ctx.store(), model, folder / "movie.zarr", progress=ctx.progress)
+    subtract_ring_background(ctx.store(), model, folder / "movie.zarr", engine=ctx.engine.get(),
+                             progress=ctx.progress)
     per_pixel = model.W.nnz / max(model.W.shape[0], 1)
     where = "whole frame" if mask.all() else f"{100 * mask.mean():.0f} % of the frame"
     return Outcome(f"ring model: radius {model.radius:.1f} px, {per_pixel:.0f} weights per pixel "
