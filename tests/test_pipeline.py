@@ -110,9 +110,20 @@ def test_end_to_end_run_finds_the_cells_and_writes_every_output(movie: tuple[Pat
     np.testing.assert_array_equal(est.idx_components, quality.idx_components)
     # a plain Estimates reader finds the estimates in the pipeline file
     assert Estimates.load(out / "results.h5").K == est.K
-    # the preflight memory estimate is within a factor 2 of the measured peak of the process tree
-    peak = max(r.peak_rss_bytes for r in clean_run.stages)
-    assert 0.5 < clean_run.estimate.memory / peak < 2.0
+
+
+def test_preflight_memory_estimate_is_within_a_factor_2_of_a_fresh_runs_peak(movie: tuple[Path, Any], clean_run: Any,
+                                                                            tmp_path: Path) -> None:
+    # a fresh process, as a user's run is: this test process's own memory (every module and
+    # JIT-compiled kernel of the tests before) is not the run's. clean_run ran first, so the
+    # Numba kernels load from their disk cache here, as they do on a user's second run.
+    path, _ = movie
+    code = (f"from somascope.pipeline import run; r = run({str(path)!r}, {str(tmp_path / 'out')!r}, "
+            f"radius={RADIUS}, engine='serial', progress=False); "
+            "print(r.estimate.memory, max(s.peak_rss_bytes for s in r.stages))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    estimate, peak = map(int, done.stdout.split()[-2:])
+    assert 0.5 < estimate / peak < 2.0
 
 
 def test_peak_memory_of_the_whole_process_tree_is_measured(tmp_path: Path) -> None:
