@@ -188,7 +188,10 @@ def test_file_uses_standard_containers(exported, est, sim):
 
             movie = nwb.acquisition["raw_movie"]
             assert movie.format == "external" and list(movie.external_file[:]) == ["movie.tif"]
-            assert movie in list(seg.reference_images)
+            # the masks' reference images are the summary images (an Images container); the
+            # schema's ImageSeries link stays empty (the external movie has no data in the file)
+            assert seg.reference_images is None
+            assert "processing/ophys/summary_images/mean" in seg.description
             assert "somascope" in nwb.scratch
     relevant = [w for w in caught if issubclass(w.category, UserWarning)]
     assert not relevant, [str(w.message) for w in relevant]
@@ -258,6 +261,26 @@ def test_unevaluated_estimates_and_cnn_column(tmp_path, est):
 
 
 # ------------------------------------------------------------------ files: overwrite, atomicity
+
+
+def test_metadata_makes_the_subject_and_explicit_arguments_win(tmp_path, est):
+    from somascope.io.nwb import NWBMetadataError
+
+    meta = {"subject_id": "m7", "species": "Rattus norvegicus", "sex": "m", "age": "P8W",
+            "session_start_time": "2024-05-01T10:30:00+02:00", "keywords": "V1, rat",
+            "indicator": "GCaMP8m", "location": "V1", "experimenter": ["Doe, Jane", "Roe, Rick"]}
+    path = export_nwb(tmp_path / "meta.nwb", est, metadata=meta, indicator="jGCaMP8s")
+    got = read_nwb(path).metadata
+    assert (got["subject_id"], got["species"], got["sex"], got["age"]) == ("m7", "Rattus norvegicus", "M", "P8W")
+    assert got["session_start_time"] == "2024-05-01T10:30:00+02:00"
+    assert got["keywords"] == ["V1", "rat"] and got["experimenter"] == ["Doe, Jane", "Roe, Rick"]
+    assert got["indicator"] == "jGCaMP8s" and got["location"] == "V1"  # the argument won, the rest is metadata
+    assert got["session_description"] == "somascope calcium-imaging analysis"
+    no_subject = read_nwb(export_nwb(tmp_path / "plain.nwb", est)).metadata
+    assert no_subject["subject_id"] is None and no_subject["keywords"] is None
+    with pytest.raises(NWBMetadataError, match="Fix: write 'Mus musculus'"):
+        export_nwb(tmp_path / "bad.nwb", est, metadata={"species": "mouse"})
+    assert not (tmp_path / "bad.nwb").exists()
 
 
 def _partials(folder: Path) -> list[str]:

@@ -56,12 +56,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     with movie:
         n_float = 4 * int(__import__("numpy").prod(movie.shape, dtype="int64"))
         on_disk = sum(_disk_size(p) for p in movie.paths)
+        meta = movie.metadata
         info: dict[str, Any] = {
             "source": [str(p) for p in movie.paths],
+            "format": meta.get("format"),
             "shape": list(movie.shape),
             "axes": "t z y x" if movie.ndim == 4 else "t y x",
             "dtype": str(movie.dtype),
             "frame_rate_hz": movie.frame_rate,
+            "pixel_size_um": meta.get("pixel_size_um"),
             "duration_s": round(movie.shape[0] / movie.frame_rate, 3) if movie.frame_rate else None,
             "size_on_disk": _gb(on_disk),
             "size_as_float32": _gb(n_float),
@@ -71,6 +74,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"(about {_gb(4 * 256 * int(__import__('numpy').prod(movie.shape[1:])))} per chunk of 256 frames per worker)"
             ),
         }
+        info = {k: v for k, v in info.items() if v is not None or k == "frame_rate_hz"}
+        if meta.get("details"):  # what a format's metadata adds (a reader's own keys)
+            info["format_details"] = meta["details"]
         if movie.frame_rate is None:
             info["warning"] = "frame rate unknown: pass --fr HZ to later steps"
         if movie.dropped_frames:
@@ -275,6 +281,42 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _add_nwb_args(p: argparse.ArgumentParser) -> None:
+    """``--nwb``, ``--dandi``, ``--nwb-metadata FILE`` and one flag per field of
+    :class:`~somascope.io.nwb.NWBMetadata` (``subject_id`` → ``--subject-id``)."""
+    from .io.nwb import NWBMetadata
+
+    g = p.add_argument_group(
+        "NWB and DANDI", "Session and subject metadata of OUT/results.nwb: a YAML file (--nwb-metadata, template "
+        "in docs/nwb.md) and/or the flags below, which override the file. Fields marked [DANDI] are required by the "
+        "DANDI archive. Giving any implies --nwb.")
+    g.add_argument("--nwb", action="store_true", help="also write OUT/results.nwb")
+    g.add_argument("--dandi", action="store_true",
+                   help="write OUT/results.nwb ready for DANDI (implies --nwb): refuse to start when metadata DANDI "
+                        "requires is missing")
+    g.add_argument("--nwb-metadata", type=Path, metavar="FILE",
+                   help="YAML/JSON file of session, subject and imaging metadata (field: value per line)")
+    for f in NWBMetadata.describe():
+        example = ", ".join(map(str, f["example"])) if isinstance(f["example"], list) else str(f["example"])
+        repeat = "; repeatable" if f["kind"] == "list" else ""
+        metavar = {"nm": "NM", "datetime": "ISO_TIME"}.get(f["kind"], f["name"].split("_")[-1].upper())
+        g.add_argument(f["flag"], dest=f"nwb_{f['name']}", metavar=metavar,
+                       action="append" if f["kind"] == "list" else "store",
+                       help=f"{'[DANDI] ' if f['dandi'] else ''}{f['meaning']}; e.g. {example}{repeat}"
+                       .replace("%", "%%"))
+
+
+def _nwb_metadata(args: argparse.Namespace) -> Any:
+    """The NWB metadata of ``--nwb-metadata`` and the metadata flags (None when none is given)."""
+    from .io.nwb import NWBMetadata
+
+    flags = {name: getattr(args, f"nwb_{name}", None) for name in NWBMetadata.field_names()}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.nwb_metadata is None and not flags:
+        return None
+    return NWBMetadata.from_sources(args.nwb_metadata, flags, flags=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
@@ -286,7 +328,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(
         movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
         radius=radius, decay_time=args.decay_time, overrides=_run_overrides(args), motion=not args.no_motion,
-        force=args.force, from_stage=args.from_stage, nwb=args.nwb, progress=not args.quiet, debug=args.debug,
+        force=args.force, from_stage=args.from_stage, nwb=args.nwb, nwb_metadata=_nwb_metadata(args),
+        dandi=args.dandi, progress=not args.quiet, debug=args.debug,
     )
     est = result.estimates
     written = [p for p in (result.results_path, result.report_path, result.nwb_path) if p is not None]
@@ -387,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run every stage again")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="run again from this stage on: motion, summary, background, cnmf, quality, refit, traces, results")
-    p.add_argument("--nwb", action="store_true", help="also write OUT/results.nwb")
+    _add_nwb_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the pipeline on a simulated movie, scored against the ground truth")

@@ -9,13 +9,15 @@ lazily, dropped when pickled, and closed by ``close()``.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import MovieError
+from .errors import MovieError, one_line
 
 TIFF_EXTENSIONS = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".mat")
@@ -23,6 +25,70 @@ ZARR_EXTENSIONS = (".zarr",)
 NPY_EXTENSIONS = (".npy",)
 RAW_EXTENSIONS = (".raw", ".bin", ".dat")
 SUPPORTED = TIFF_EXTENSIONS + HDF5_EXTENSIONS + ZARR_EXTENSIONS + NPY_EXTENSIONS + RAW_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A format read by a module of its own (``somascope.io.<module>``), imported only when a
+    file of that format is opened (its library may be an optional extra).
+
+    ``segment`` names the module's segment class, built as ``Segment(path, channel=...)``
+    (the backend protocol above, plus ``metadata``: a dict with ``format`` and, where the file
+    stores them, ``frame_rate`` (Hz), ``pixel_size_um`` (``(y, x)``), ``n_channels`` /
+    ``n_planes`` (interleaved frame by frame, undone by :class:`~somascope.io.Movie`), and
+    anything else worth showing). ``extensions`` are the file suffixes it reads; ``claims``
+    names an optional module function ``(path) -> list[Path] | None`` that recognises a path
+    the extensions do not decide (a folder of a recording, a ``.bin`` with its ``ops.npy``)
+    and returns the paths to open, one segment each, in recording order.
+    ``extra`` is the ``pip install somascope[extra]`` that brings its library.
+    """
+
+    name: str
+    module: str
+    segment: str
+    extensions: tuple[str, ...] = ()
+    claims: str | None = None
+    extra: str | None = None
+
+    def segment_class(self) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"somascope.io.{self.module}"), self.segment)
+
+    def claimed(self, path: Path) -> list[Path] | None:
+        if self.claims is None:
+            return None
+        import importlib
+
+        return getattr(importlib.import_module(f"somascope.io.{self.module}"), self.claims)(path)
+
+
+#: The formats with modules of their own, asked in this order (see :class:`Reader`).
+READERS: tuple[Reader, ...] = (
+    Reader("video", "video", "VideoSegment", (".avi", ".mp4", ".mkv", ".mov", ".m4v"),
+           claims="video_files", extra="video"),
+    Reader("Scanbox", "sbx", "SbxSegment", (".sbx",)),
+    Reader("Nikon ND2", "nd2file", "Nd2Segment", (".nd2",), extra="nd2"),
+    Reader("Inscopix", "isxd", "IsxdSegment", (".isxd",), extra="inscopix"),
+    Reader("Bruker", "bruker", "BrukerSegment", claims="bruker_files"),
+    Reader("suite2p", "suite2p", "Suite2pSegment", claims="suite2p_files"),
+)
+
+
+def reader_for(path: Path) -> Reader | None:
+    """The :class:`Reader` whose extensions include ``path``'s suffix, if any."""
+    ext = path.suffix.lower()
+    return next((r for r in READERS if ext in r.extensions), None)
+
+
+def claim(path: Path) -> tuple[Reader, list[Path]] | None:
+    """The first :class:`Reader` that claims ``path`` (a folder or file its extension does
+    not decide), and the paths it opens; None when none does."""
+    for reader in READERS:
+        paths = reader.claimed(path)
+        if paths:
+            return reader, paths
+    return None
 
 CANONICAL_AXES = set("tzyxc")
 
@@ -261,7 +327,14 @@ def _as_index(indices: np.ndarray) -> Any:
 
 class TiffSegment:
     """One TIFF/BigTIFF file: memory-mapped when its data are contiguous and uncompressed,
-    read page by page otherwise. Every page (IFD) is one stored frame."""
+    read page by page otherwise. Every page (IFD) is one stored frame.
+
+    A compressed file is opened from its first page when that page's description gives the
+    layout (ImageJ ``images=`` and hyperstack sizes, or tifffile's JSON ``shape``; a file cut
+    short then fails when a missing frame is read, with a one-line error); other files go
+    through tifffile's series. Compressed pages are read by index from the page chain (no series
+    parse per read), so frame ``k`` costs the chain walk to ``k`` and one page.
+    """
 
     def __init__(self, path: Path) -> None:
         import tifffile
@@ -274,20 +347,39 @@ class TiffSegment:
         except Exception as exc:
             raise MovieError(f"{self.path}: not a readable TIFF file ({exc}).") from exc
         try:
-            series = tif.series[0]
-            self.series_axes = series.axes
-            shape = tuple(int(s) for s in series.shape)
-            self.dtype = np.dtype(series.dtype).newbyteorder("=")
-            if "S" in series.axes and shape[series.axes.index("S")] > 1:
+            first = tif.pages.first
+            self._compressed = int(getattr(first, "compression", 1)) != 1
+            # an uncompressed file maps at once (tifffile checks its layout cheaply); a compressed
+            # one would have every page header parsed by the series: its description says it
+            layout = _described_layout(tif) if self._compressed else None
+            if layout is None:
+                series = tif.series[0]
+                axes, shape = series.axes, tuple(int(s) for s in series.shape)
+                self.dtype = np.dtype(series.dtype).newbyteorder("=")
+                indices = [getattr(pg, "index", None) for pg in (series.pages[0], series.pages[-1])] \
+                    if len(series.pages) else [None, None]
+            else:
+                axes, shape = layout
+                self.dtype = np.dtype(first.dtype).newbyteorder("=")
+                indices = [0, None]
+            if "S" in axes and shape[axes.index("S")] > 1:
                 raise MovieError(
-                    f"{self.path}: is an RGB/multi-sample TIFF (axes {series.axes}); save it as "
+                    f"{self.path}: is an RGB/multi-sample TIFF (axes {axes}); save it as "
                     "one grey channel per page, or split the colour channels before loading."
                 )
-            yx = series.axes.index("Y")
+            self.series_axes = axes
+            yx = axes.index("Y")
             self.frame_shape = (shape[yx], shape[yx + 1])
             self.n_raw = int(np.prod(shape[:yx], dtype=np.int64)) if yx > 0 else 1
-            self.hyperstack = {a: shape[i] for i, a in enumerate(series.axes[:yx]) if shape[i] > 1}
+            self.hyperstack = {a: shape[i] for i, a in enumerate(axes[:yx]) if shape[i] > 1}
+            # pages of the frames are pages first_page … first_page + n_raw − 1 of the file
+            self._first_page = indices[0] if isinstance(indices[0], int) and (
+                layout is not None or indices[1] == indices[0] + self.n_raw - 1) else None
             self.metadata = _tiff_metadata(tif)
+        except MovieError:
+            raise
+        except Exception as exc:
+            raise MovieError(f"{self.path}: not a readable TIFF movie ({one_line(exc)}).") from exc
         finally:
             tif.close()
 
@@ -295,11 +387,17 @@ class TiffSegment:
         if self._mm is None and self._tif is None:
             import tifffile
 
-            try:
-                mm = tifffile.memmap(self.path, mode="r")
-                self._mm = mm.reshape((self.n_raw, *self.frame_shape))
-            except (ValueError, OSError):
-                self._tif = tifffile.TiffFile(self.path)
+            if not self._compressed:
+                try:
+                    mm = tifffile.memmap(self.path, mode="r")
+                    self._mm = mm.reshape((self.n_raw, *self.frame_shape))
+                    return
+                except (ValueError, OSError):
+                    pass
+            self._tif = tifffile.TiffFile(self.path)
+            if self._first_page is not None:
+                self._tif.pages.useframes = True  # light page objects, shaped like the first
+                self._tif.pages.set_keyframe(self._first_page)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         self._open()
@@ -307,10 +405,17 @@ class TiffSegment:
         if self._mm is not None:
             data = np.asarray(self._mm[_as_index(indices)])
         else:
-            pages = self._tif.series[0].pages if self.n_raw > 1 else self._tif.pages
-            data = np.stack([pages[int(i)].asarray() for i in indices]) if len(indices) else (
-                np.empty((0, *self.frame_shape), self.dtype)
-            )
+            if self._first_page is not None:
+                pages, base = self._tif.pages, self._first_page
+            else:
+                pages, base = (self._tif.series[0].pages if self.n_raw > 1 else self._tif.pages), 0
+            try:
+                data = np.stack([pages[base + int(i)].asarray() for i in indices]) if len(indices) else (
+                    np.empty((0, *self.frame_shape), self.dtype)
+                )
+            except (IndexError, ValueError, OSError) as exc:
+                raise MovieError(f"{self.path}: cannot read frames {indices[:3].tolist()}… "
+                                 f"({one_line(exc)}); the file may be truncated.") from exc
         data = data.reshape((len(indices), *self.frame_shape))
         if data.dtype.byteorder not in ("=", "|"):
             data = data.astype(data.dtype.newbyteorder("="))
@@ -327,6 +432,40 @@ class TiffSegment:
         state["_tif"] = None
         state["_mm"] = None
         return state
+
+
+def _described_layout(tif: Any) -> tuple[str, tuple[int, ...]] | None:
+    """``(axes, shape)`` of a one-sample-per-pixel movie whose first page's description gives
+    its layout (ImageJ: ``images=`` and the hyperstack sizes, axes ``TZCYX``; tifffile: a JSON
+    ``shape``), without reading the other pages; None when it does not (tifffile's series
+    decides then)."""
+    import json
+
+    first = tif.pages.first
+    if int(getattr(first, "samplesperpixel", 1)) != 1 or len(first.shape) != 2:
+        return None
+    H, W = (int(s) for s in first.shape)
+    if tif.is_imagej:
+        ij = tif.imagej_metadata or {}
+        images = int(ij.get("images", 0) or 0)
+        sizes = [(a, int(ij.get(k, 1) or 1)) for a, k in (("T", "frames"), ("Z", "slices"), ("C", "channels"))]
+        if images < 1 or math.prod(n for _, n in sizes) not in (1, images):
+            return None
+        kept = [(a, n) for a, n in sizes if n > 1] or [("T", images)]
+        if math.prod(n for _, n in kept) != images:
+            return None
+        return "".join(a for a, _ in kept) + "YX", tuple(n for _, n in kept) + (H, W)
+    if tif.is_shaped and not tif.is_ome:
+        try:
+            shape = tuple(int(s) for s in json.loads(first.description)["shape"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if len(shape) < 2 or shape[-2:] != (H, W):
+            return None
+        lead = shape[:-2] or (1,)
+        n = math.prod(lead)
+        return "T" + "YX", (n, H, W)
+    return None
 
 
 def _tiff_metadata(tif: Any) -> dict[str, Any]:
@@ -372,12 +511,18 @@ def segment_for(
     shape: tuple[int, ...] | None,
     dtype: Any,
     offset: int,
-) -> TiffSegment | ArraySegment:
-    """The backend for ``path``, chosen by extension (Zarr also when a folder has ``.zarray``
-    or ``zarr.json``)."""
+    reader: Reader | None = None,
+) -> Any:
+    """The backend for ``path``: ``reader``'s segment when given (a path it claimed), else
+    chosen by extension (:data:`READERS` first; Zarr also when a folder has ``.zarray`` or
+    ``zarr.json``)."""
     ext = path.suffix.lower()
     if not path.exists():
         raise MovieError(f"{path}: no such file or folder; check the path (cwd is {os.getcwd()}).")
+    if reader is None:
+        reader = reader_for(path)
+    if reader is not None:
+        return reader.segment_class()(path, channel=channel)
     if path.is_dir() and ext not in ZARR_EXTENSIONS:
         if (path / ".zarray").exists() or (path / "zarr.json").exists() or (path / ".zgroup").exists():
             ext = ".zarr"
@@ -393,7 +538,9 @@ def segment_for(
     if ext not in kinds:
         raise MovieError(
             f"{path}: unsupported file type {ext or '(no extension)'!r}; somascope reads "
-            f"{', '.join(SUPPORTED)} (for other formats convert to TIFF, or pass an array)."
+            f"{', '.join(SUPPORTED + tuple(e for r in READERS for e in r.extensions))} and the "
+            "folders of Miniscope, Bruker and suite2p recordings (docs/formats.md; for other formats "
+            "convert to TIFF, or pass an array)."
         )
     return ArraySegment(
         path, kinds[ext], dataset=dataset, axes=axes, channel=channel,

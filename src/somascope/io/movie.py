@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import SUPPORTED, TIFF_EXTENSIONS, ArraySegment, TiffSegment, segment_for
+from .backends import SUPPORTED, TIFF_EXTENSIONS, ArraySegment, TiffSegment, claim, reader_for, segment_for
 from .chunks import iter_chunks
 from .errors import MovieError
 
@@ -240,7 +240,11 @@ def open_movie(
         A file, a folder of TIFF files, or a list of files, concatenated in time (natural
         order for folders). Formats: TIFF/BigTIFF (``.tif``, ``.tiff``, ``.btf``), HDF5
         (``.h5``, ``.hdf5``, ``.mat`` v7.3), Zarr (``.zarr`` folder), NPY (memory-mapped)
-        and raw binary (``.raw``, ``.bin``, ``.dat`` with ``shape`` and ``dtype``).
+        and raw binary (``.raw``, ``.bin``, ``.dat`` with ``shape`` and ``dtype``); and, by
+        readers of their own (:data:`somascope.io.backends.READERS`, docs/formats.md): video
+        files and Miniscope folders, Scanbox ``.sbx``, suite2p ``data.bin`` / plane folders,
+        Nikon ``.nd2``, Inscopix ``.isxd`` and Bruker PrairieView folders — for those,
+        ``channel`` picks a channel and the other array options do not apply.
     dataset
         HDF5/Zarr dataset path; optional when the file holds exactly one array with ≥3 axes.
     axes
@@ -265,14 +269,34 @@ def open_movie(
         Missing file, unsupported extension, a 2-D image, ambiguous axes, zero frames,
         mismatched files, bad channel/plane selection; the message names the file and the fix.
     """
-    paths = _expand_paths(path_or_paths)
+    claimed = None
+    if isinstance(path_or_paths, (str, Path)) and Path(path_or_paths).expanduser().exists():
+        claimed = claim(Path(path_or_paths).expanduser())
+    reader = None
+    if claimed is not None:
+        reader, paths = claimed
+    else:
+        paths = _expand_paths(path_or_paths)
+        reader = reader_for(paths[0])
+    if reader is not None:  # a format with a module of its own: channels are its business
+        segments = [segment_for(p, dataset=None, axes=None, channel=channel, shape=None, dtype=None, offset=0,
+                                reader=reader) for p in paths]
+        meta = {"paths": [str(p) for p in paths], **segments[0].metadata}
+        rate = frame_rate if frame_rate is not None else meta.get("frame_rate")
+        n_pl = n_planes if n_planes is not None else int(meta.get("n_planes", 1))
+        if rate is not None and n_pl > 1 and frame_rate is None and not meta.get("frame_rate_per_volume"):
+            rate = float(rate) / n_pl  # each plane is sampled once per volume
+        return Movie(segments, n_channels=int(n_channels or 1), channel=None, n_planes=n_pl, plane=plane,
+                     frame_rate=rate, metadata=meta)
     array_channel = channel if (axes is not None and "c" in axes.lower()) else None
     segments = [
         segment_for(p, dataset=dataset, axes=axes, channel=array_channel, shape=shape, dtype=dtype, offset=offset)
         for p in paths
     ]
-    meta: dict[str, Any] = {"paths": [str(p) for p in paths], "format": type(segments[0]).__name__}
     first = segments[0]
+    name = "TIFF" if isinstance(first, TiffSegment) else {"hdf5": "HDF5", "zarr": "Zarr", "npy": "NPY"}.get(
+        first.kind, "raw binary")
+    meta: dict[str, Any] = {"paths": [str(p) for p in paths], "format": name}
     if isinstance(first, TiffSegment):
         meta.update(first.metadata)
         if first.hyperstack:

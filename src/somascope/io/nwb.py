@@ -7,8 +7,13 @@ optionally, motion correction (shifts, template) and summary images, all in pynw
 types so that any NWB reader (pynwb, MatNWB, NWB Widgets, DANDI tools) can open it.
 :func:`read_nwb` rebuilds an ``Estimates`` and the rest from such a file.
 
+:class:`NWBMetadata` defines the session, subject and imaging metadata a user can give (its
+fields' meaning, validation, and which ones the DANDI archive requires); ``somascope run``
+takes it from a YAML file (``--nwb-metadata``) and flags.
+
 Layout (``docs/nwb.md`` has the full table)::
 
+    /general/subject                                  Subject (from the metadata, when given)
     /general/devices/<device>                         Device
     /general/optophysiology/ImagingPlane              ImagingPlane (+ OpticalChannel)
     /acquisition/raw_movie                            TwoPhotonSeries, external file (movie_path)
@@ -40,7 +45,7 @@ import re
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +56,8 @@ from somascope.io.atomic import atomic_path
 if TYPE_CHECKING:  # pragma: no cover
     from somascope.cnmf.estimates import Estimates
 
-__all__ = ["NWBContents", "NWBError", "export_nwb", "read_nwb", "SCRATCH_NAME"]
+__all__ = ["NWBContents", "NWBError", "NWBMetadata", "NWBMetadataError", "SCRATCH_NAME", "coerce_nwb_metadata",
+           "export_nwb", "nwb_metadata_template", "read_nwb"]
 
 #: Name of the scratch entry holding somascope's own metadata (JSON text).
 SCRATCH_NAME = "somascope"
@@ -119,6 +125,486 @@ class NWBContents:
     summary: dict[str, np.ndarray]
     metadata: dict[str, Any]
     patch_shifts: np.ndarray | None = None
+
+
+# ============================================================================ session metadata
+#
+# One table, the dataclass below, defines every session/subject field a user can give: its
+# meaning, an example, whether DANDI requires it, and (through its kind or a check of its own)
+# how it is validated. The YAML file of ``somascope run --nwb-metadata``, the command-line flags
+# (``--subject-id`` for ``subject_id``, …), the template in docs/nwb.md and the DANDI preflight
+# are all derived from it.
+
+#: DANDI's form of a person's name ("Last, First"), as nwbinspector checks it.
+_NAME_FORM = re.compile(r"^([\w\s\-\.']+),\s+([\w\s\-\.']+)$")
+#: A species: Latin binomial ("Mus musculus") or an NCBI taxonomy URI (nwbinspector's forms).
+_SPECIES_FORM = re.compile(r"([A-Z][a-z]* [a-z]+)|(http://purl\.obolibrary\.org/obo/NCBITaxon_\d+)")
+#: An ISO 8601 duration (P90D, P12W, P2Y6M, PT36H) — the form DANDI takes for an age.
+_DURATION = re.compile(
+    r"P(?!$)(\d+(?:\.\d+)?Y)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?W)?(\d+(?:\.\d+)?D)?"
+    r"(T(?=\d)(\d+(?:\.\d+)?H)?(\d+(?:\.\d+)?M)?(\d+(?:\.\d+)?S)?)?"
+)
+_WEIGHT_FORM = re.compile(r"^\d+(\.\d+)? (kg|g|mg|ug|μg|ng|pg)$")
+_SEXES = {"M": "male", "F": "female", "U": "unknown", "O": "other"}
+_C_ELEGANS = ("Caenorhabditis elegans", "http://purl.obolibrary.org/obo/NCBITaxon_6239")
+_MOUSE = ("Mus musculus", "http://purl.obolibrary.org/obo/NCBITaxon_10090")
+#: Common names → Latin binomial, only to suggest the fix for a common name.
+_COMMON_SPECIES = {
+    "mouse": "Mus musculus", "mice": "Mus musculus", "rat": "Rattus norvegicus", "human": "Homo sapiens",
+    "zebrafish": "Danio rerio", "macaque": "Macaca mulatta", "rhesus macaque": "Macaca mulatta",
+    "marmoset": "Callithrix jacchus", "fly": "Drosophila melanogaster", "fruit fly": "Drosophila melanogaster",
+    "drosophila": "Drosophila melanogaster", "worm": "Caenorhabditis elegans",
+    "c. elegans": "Caenorhabditis elegans", "ferret": "Mustela furo", "cat": "Felis catus",
+}
+_AGE_UNITS = {"y": "Y", "yr": "Y", "year": "Y", "month": "M", "mo": "M", "w": "W", "wk": "W", "week": "W",
+              "d": "D", "day": "D", "h": "H", "hour": "H"}
+_DEFAULT_SESSION_DESCRIPTION = "somascope calcium-imaging analysis"
+
+
+def _meta(meaning: str, example: Any, *, group: str, kind: str = "text", dandi: bool = False) -> Any:
+    return field(default=None, metadata={"meaning": meaning, "example": example, "group": group,
+                                         "kind": kind, "dandi": dandi})
+
+
+class NWBMetadataError(NWBError):
+    """Session or subject metadata with bad values; one line naming each bad field and its fix.
+
+    ``problems`` holds one ``(field, message)`` per bad field.
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        texts = [text for _, text in self.problems]
+        if len(texts) == 1:
+            message = texts[0]
+        else:
+            message = f"{len(texts)} NWB metadata values are wrong: " + "; ".join(t.rstrip(".") for t in texts) + "."
+        super().__init__(message)
+
+
+class _Bad(ValueError):
+    """A value a check refuses: ``issue`` (what is wrong) and ``fix``."""
+
+    def __init__(self, issue: str, fix: str) -> None:
+        super().__init__(issue)
+        self.issue, self.fix = issue, fix
+
+
+@dataclass(frozen=True)
+class NWBMetadata:
+    """Session, subject and imaging metadata for the NWB file, validated on construction.
+
+    Every field is optional (None: not given). ``dandi`` in a field's metadata marks what the
+    DANDI archive requires (:meth:`dandi_missing`). Build one with keywords, from a dict
+    (:meth:`from_dict`) or from a YAML/JSON file plus overrides (:meth:`from_sources`); bad
+    values raise :class:`NWBMetadataError` naming each field and its fix. ``docs/nwb.md`` has
+    the YAML template (:func:`nwb_metadata_template`).
+    """
+
+    # -- subject ---------------------------------------------------------------------------------
+    subject_id: str | None = _meta("identifier of the animal (DANDI names files after it; no '/')",
+                                   "mouse-042", group="subject", dandi=True)
+    species: str | None = _meta("Latin binomial or NCBI taxonomy URI (not a common name)", "Mus musculus",
+                                group="subject", dandi=True)
+    sex: str | None = _meta("M (male), F (female), U (unknown) or O (other)", "F", group="subject", dandi=True)
+    age: str | None = _meta("age at the session, ISO 8601 duration: P90D = 90 days, P12W, P2Y; a range "
+                            "P90D/P120D", "P90D", group="subject", dandi=True)
+    strain: str | None = _meta("strain of the animal", "C57BL/6J", group="subject")
+    genotype: str | None = _meta("genotype of the animal", "Thy1-GCaMP6f", group="subject")
+    weight: str | None = _meta("weight at the session: number, space, unit (kg, g, mg)", "25 g", group="subject")
+    subject_description: str | None = _meta("anything else about the animal", "head-fixed, window over V1",
+                                            group="subject")
+    # -- session ---------------------------------------------------------------------------------
+    session_start_time: _dt.datetime | None = _meta(
+        "when the recording started, ISO 8601 with a time zone (Z for UTC)", "2024-05-01T10:30:00+02:00",
+        group="session", kind="datetime", dandi=True)
+    session_description: str | None = _meta("what this session is", "two-photon imaging of V1, drifting gratings",
+                                            group="session")
+    experiment_description: str | None = _meta("what the experiment is about",
+                                               "orientation tuning of layer 2/3 neurons", group="session")
+    session_id: str | None = _meta("identifier of the session (no '/')", "ses-01", group="session")
+    experimenter: tuple[str, ...] | None = _meta("who did it, 'Last, First' (one or more)", ["Doe, Jane"],
+                                                 group="session", kind="list")
+    lab: str | None = _meta("lab", "Doe lab", group="session")
+    institution: str | None = _meta("institution", "University of Somewhere", group="session")
+    keywords: tuple[str, ...] | None = _meta("keywords for search (a list, or one string split at commas)",
+                                             ["calcium imaging", "visual cortex"], group="session", kind="list")
+    # -- imaging ---------------------------------------------------------------------------------
+    indicator: str | None = _meta("calcium indicator", "GCaMP6f", group="imaging")
+    location: str | None = _meta("imaging plane location, the brain area (mouse: an Allen CCF term)", "VISp",
+                                 group="imaging")
+    excitation_lambda: float | None = _meta("excitation wavelength, nm", 920, group="imaging", kind="nm")
+    emission_lambda: float | None = _meta("emission wavelength, nm", 510, group="imaging", kind="nm")
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in self.field_names():
+            raw = getattr(self, name)
+            if raw is None:
+                continue
+            try:
+                value = _check_value(name, raw)
+            except _Bad as bad:
+                problems.append((name, _problem(name, raw, bad)))
+                value = None
+            object.__setattr__(self, name, value)
+        if self.sex is not None and self.species is not None:
+            try:
+                _check_sex_for_species(self.sex, self.species)
+            except _Bad as bad:
+                problems.append(("sex", _problem("sex", self.sex, bad)))
+        if problems:
+            raise NWBMetadataError(problems)
+
+    # -- the table -----------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """One dict per field: ``name``, ``flag``, ``meaning``, ``example``, ``group``, ``kind``,
+        ``dandi`` (True where the DANDI archive requires it)."""
+        return [{"name": f.name, "flag": flag_of(f.name), **f.metadata} for f in fields(cls)]
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str | None = None,
+                  flags: bool = False) -> NWBMetadata:
+        """Validated metadata from ``{field: value}`` (None values are ignored). ``source`` (a
+        file name) or ``flags`` (the values came from command-line flags) go into the messages."""
+        return cls.from_sources(None, values, flags=flags, source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NWBMetadata:
+        """Validated metadata from a YAML or JSON file of ``field: value`` lines."""
+        return cls.from_sources(path)
+
+    @classmethod
+    def from_sources(cls, file: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                     *, flags: bool = False, source: str | None = None) -> NWBMetadata:
+        """Metadata from a YAML/JSON ``file``, then ``overrides`` (command-line flags when
+        ``flags``), the later winning field by field; every bad value is reported at once."""
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        if file is not None:
+            path = Path(file).expanduser()
+            for key, value in _read_metadata_file(path).items():
+                if key not in cls.field_names():
+                    problems.append((key, _unknown_key(key, path.name)))
+                elif value is not None:
+                    values[key], origin[key] = value, f"in {path.name}"
+        for key, value in dict(overrides or {}).items():
+            if key not in cls.field_names():
+                problems.append((key, _unknown_key(key, source)))
+            elif value is not None:
+                values[key] = value
+                origin[key] = "flag" if flags else (f"in {source}" if source else "")
+        for name in list(values):  # check field by field, to say where each bad value came from
+            try:
+                _check_value(name, values[name])
+            except _Bad as bad:
+                problems.append((name, _problem(name, values.pop(name), bad, origin.get(name, ""))))
+        if problems:
+            raise NWBMetadataError(problems)
+        try:
+            return cls(**values)
+        except NWBMetadataError as err:  # across fields (sex of C. elegans)
+            raise NWBMetadataError([(n, f"{t.rstrip('.')} ({origin.get(n, '')})." if origin.get(n) else t)
+                                    for n, t in err.problems]) from None
+
+    def replace(self, **changes: Any) -> NWBMetadata:
+        """A copy with ``changes`` (validated; None leaves a field as it is)."""
+        return NWBMetadata(**{**self.to_values(), **{k: v for k, v in changes.items() if v is not None}})
+
+    # -- reading it back -----------------------------------------------------------------------
+    def to_values(self) -> dict[str, Any]:
+        """The given fields, as Python values (datetime, tuples)."""
+        return {name: getattr(self, name) for name in self.field_names() if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The given fields as JSON-able values (times in ISO 8601, lists)."""
+        out: dict[str, Any] = {}
+        for name, value in self.to_values().items():
+            if isinstance(value, _dt.datetime):
+                value = value.isoformat()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+    @property
+    def is_mouse(self) -> bool:
+        return self.species in _MOUSE
+
+    def dandi_missing(self) -> list[str]:
+        """What the DANDI archive needs that is not given: one entry per field, with its flag and an
+        example. For mice also an imaging-plane ``location`` from the Allen Mouse Brain CCF (NWB
+        best practice, checked by nwbinspector). Empty when the metadata is complete."""
+        missing = []
+        for f in fields(self):
+            if f.metadata["dandi"] and getattr(self, f.name) is None:
+                missing.append(f"{f.name} ({flag_of(f.name)}, e.g. {_example_text(f.metadata['example'])})")
+        if self.is_mouse:
+            terms = _allen_ccf_terms()
+            if self.location is None:
+                missing.append("location (--location, mouse data: an Allen CCF term, e.g. VISp)")
+            elif terms is not None and self.location not in terms:
+                missing.append(f"location {self.location!r} is not an Allen Mouse Brain CCF term (--location: an "
+                               "acronym or full name, e.g. VISp or 'Primary visual area')")
+        return missing
+
+    def subject_kwargs(self) -> dict[str, Any] | None:
+        """Arguments of ``pynwb.file.Subject`` (None when no subject field is given)."""
+        names = {"subject_id": "subject_id", "species": "species", "sex": "sex", "age": "age", "strain": "strain",
+                 "genotype": "genotype", "weight": "weight", "subject_description": "description"}
+        kwargs = {nwb: getattr(self, ours) for ours, nwb in names.items() if getattr(self, ours) is not None}
+        return kwargs or None
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a metadata field: ``subject_id`` → ``--subject-id``."""
+    return "--" + name.replace("_", "-")
+
+
+def nwb_metadata_template() -> str:
+    """A YAML file of every metadata field with its example value and meaning (docs/nwb.md)."""
+    import yaml
+
+    lines = ["# somascope NWB metadata: somascope run movie.tif --out OUT --dandi --nwb-metadata this.yaml",
+             "# Fields marked [DANDI] are required by the DANDI archive; leave out what you do not know."]
+    group = None
+    for f in fields(NWBMetadata):
+        if f.metadata["group"] != group:
+            group = f.metadata["group"]
+            lines.append(f"# -- {group}")
+        value = yaml.safe_dump({f.name: f.metadata["example"]}, default_flow_style=True, allow_unicode=True,
+                               width=200).strip()[1:-1]
+        if f.metadata["kind"] == "datetime":  # keep it a string in the template: ISO text with its zone
+            value = f"{f.name}: {f.metadata['example']}"
+        mark = "[DANDI] " if f.metadata["dandi"] else ""
+        lines.append(f"{value}  # {mark}{f.metadata['meaning']}")
+    return "\n".join(lines) + "\n"
+
+
+def _example_text(example: Any) -> str:
+    return ", ".join(map(str, example)) if isinstance(example, list) else str(example)
+
+
+def _unknown_key(key: Any, where: str | None) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(key), NWBMetadata.field_names(), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(NWBMetadata.field_names()) + "."
+    if isinstance(key, str) and key in ("subject", "session", "imaging"):
+        hint = "the file is flat: write subject_id:, species:, … at the top level."
+    return f"unknown NWB metadata key {key!r}{f' in {where}' if where else ''}. Fix: {hint}"
+
+
+def _problem(name: str, raw: Any, bad: _Bad, origin: str = "") -> str:
+    shown = raw.isoformat() if isinstance(raw, (_dt.date, _dt.datetime)) else raw
+    if isinstance(shown, (list, tuple)) and len(shown) == 1:  # one repeatable flag, one list item
+        shown = shown[0]
+    if origin == "flag":
+        label = f"{flag_of(name)} {shown!r}"
+    else:
+        label = f"{name} {shown!r}" + (f" {origin}" if origin else "")
+    return f"{label} {bad.issue}. Fix: {bad.fix}."
+
+
+def _read_metadata_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NWBMetadataError([("file", f"the NWB metadata file {str(path)!r} does not exist. Fix: check the "
+                                          "path (a .yaml/.yml or .json file; template in docs/nwb.md).")])
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:  # yaml.YAMLError, json.JSONDecodeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NWBMetadataError([("file", f"cannot read the NWB metadata file {path.name}: {first}. Fix: write "
+                                          "one 'field: value' per line (template in docs/nwb.md).")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise NWBMetadataError([("file", f"{path.name} holds no mapping of metadata. Fix: write one 'field: value' "
+                                          "per line, e.g. 'species: Mus musculus' (template in docs/nwb.md).")])
+    return dict(data)
+
+
+# -- checks of single values ------------------------------------------------------------------------
+def _check_value(name: str, raw: Any) -> Any:
+    check = _FIELD_CHECKS.get(name)
+    kind = NWBMetadata.__dataclass_fields__[name].metadata["kind"]
+    value = _KIND_CHECKS[kind](raw)
+    return check(value) if check is not None else value
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise _Bad(f"is a {type(raw).__name__}, not text", "give one text value")
+    text = str(raw).strip()
+    if not text:
+        raise _Bad("is empty", "give a value or leave the field out")
+    return text
+
+
+def _text_list(raw: Any) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, (str, int, float)) and not isinstance(raw, bool) else raw
+    if not isinstance(items, (list, tuple)):
+        raise _Bad(f"is a {type(raw).__name__}", "give text or a list of texts")
+    out = tuple(_text(item) for item in items)
+    if not out:
+        raise _Bad("is an empty list", "give at least one value or leave the field out")
+    return out
+
+
+def _datetime(raw: Any) -> _dt.datetime:
+    example = "2024-05-01T10:30:00+02:00 (or …Z for UTC)"
+    if isinstance(raw, _dt.datetime):
+        value = raw
+    elif isinstance(raw, _dt.date):
+        raise _Bad("is a date without a time of day and time zone", f"write e.g. {raw.isoformat()}T10:30:00+02:00")
+    elif isinstance(raw, str):
+        text = raw.strip()
+        try:
+            value = _dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+        except ValueError:
+            raise _Bad("is not an ISO 8601 date and time", f"write e.g. {example}") from None
+    else:
+        raise _Bad(f"is a {type(raw).__name__}, not a date and time", f"write e.g. {example}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise _Bad("has no time zone",
+                   f"add the offset of where it was recorded, e.g. {value.isoformat()}+02:00 (or Z for UTC)")
+    if value > _dt.datetime.now(_dt.timezone.utc):
+        raise _Bad("is in the future", "give the time the recording started")
+    return value
+
+
+def _nm(raw: Any) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise _Bad("is not a number", "give the wavelength in nm, e.g. 920") from None
+    if not (math.isfinite(value) and 100.0 <= value <= 3000.0):
+        raise _Bad("is not a wavelength in nm", "give it in nm, e.g. 920 (not 0.92 µm)")
+    return value
+
+
+_KIND_CHECKS = {"text": _text, "list": _text_list, "datetime": _datetime, "nm": _nm}
+
+
+def _no_slash(value: str) -> str:
+    if "/" in value:
+        raise _Bad("contains '/', which breaks DANDI's file paths", f"write {value.replace('/', '-')!r}")
+    return value
+
+
+def _species(value: str) -> str:
+    if _SPECIES_FORM.fullmatch(value):
+        return value
+    latin = _COMMON_SPECIES.get(value.lower())
+    if latin is not None:
+        fix = f"write {latin!r} (the Latin binomial)"
+    elif value[:1].islower() and len(value.split()) == 2:
+        fix = f"write {value[:1].upper() + value[1:]!r} (genus capitalised)"
+    else:
+        fix = ("write the Latin binomial, e.g. 'Mus musculus', or an NCBI taxonomy URI, e.g. "
+               "http://purl.obolibrary.org/obo/NCBITaxon_10090")
+    return _raise(_Bad("is not a Latin binomial or an NCBI taxonomy URI", fix))
+
+
+def _sex(value: str) -> str:
+    upper = value.upper()
+    if upper in _SEXES or upper in ("XO", "XX"):
+        return upper
+    by_word = {word: letter for letter, word in _SEXES.items()}
+    letter = by_word.get(value.lower())
+    fix = f"write {letter!r}" if letter else "write M (male), F (female), U (unknown) or O (other)"
+    return _raise(_Bad("is not one of M, F, U, O", fix))
+
+
+def _check_sex_for_species(sex: str, species: str) -> None:
+    if species in _C_ELEGANS and sex not in ("XO", "XX"):
+        raise _Bad("is not a sex of C. elegans", "write XO (male) or XX (hermaphrodite)")
+    if species not in _C_ELEGANS and sex not in _SEXES:
+        raise _Bad("is not one of M, F, U, O", "write M (male), F (female), U (unknown) or O (other)")
+
+
+def _age(value: str) -> str:
+    compact = value.replace(" ", "").upper()
+    parts = compact.split("/")
+    if len(parts) <= 2 and _DURATION.fullmatch(parts[0]) and (len(parts) == 1 or parts[1] == ""
+                                                              or _DURATION.fullmatch(parts[1])):
+        return compact
+    fix = "write e.g. P90D (90 days), P12W (12 weeks) or P2Y; a range as P90D/P120D"
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+?)s?", value.strip().lower())
+    if m and m[2] in _AGE_UNITS:
+        unit = _AGE_UNITS[m[2]]
+        fix = f"write {'PT' if unit == 'H' else 'P'}{m[1]}{unit}"
+    elif re.fullmatch(r"\d+(?:\.\d+)?", value.strip()):
+        fix = f"add the unit, e.g. P{value.strip()}D for {value.strip()} days"
+    return _raise(_Bad("is not an ISO 8601 duration", fix))
+
+
+def _weight(value: str) -> str:
+    if _WEIGHT_FORM.fullmatch(value):
+        return value
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(kg|g|mg|ug|μg|ng|pg)", value.strip())
+    fix = f"write {m[1] + ' ' + m[2]!r}" if m else "write a number, a space and a unit, e.g. '25 g'"
+    return _raise(_Bad("is not '<number> <unit>'", fix))
+
+
+def _experimenters(value: tuple[str, ...]) -> tuple[str, ...]:
+    for name in value:
+        if not _NAME_FORM.fullmatch(name):
+            words = name.split()
+            fix = f"write {words[-1] + ', ' + ' '.join(words[:-1])!r}" if len(words) >= 2 else "write 'Last, First'"
+            raise _Bad("is not in DANDI's 'Last, First' form" if len(value) == 1
+                       else f"has {name!r}, not in DANDI's 'Last, First' form", fix)
+    return value
+
+
+def _keywords(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(part.strip() for item in value for part in item.split(",") if part.strip())
+
+
+def _raise(bad: _Bad) -> Any:
+    raise bad
+
+
+_FIELD_CHECKS = {"subject_id": _no_slash, "session_id": _no_slash, "species": _species, "sex": _sex, "age": _age,
+                 "weight": _weight, "experimenter": _experimenters, "keywords": _keywords}
+
+
+def _allen_ccf_terms() -> frozenset[str] | None:
+    """The Allen Mouse Brain CCF terms nwbinspector checks mouse locations against (None when
+    nwbinspector is not installed)."""
+    try:
+        from nwbinspector._internal_configs._allen_ccf import get_allen_ccf_location_terms
+    except Exception:  # not installed, or another version's layout
+        return None
+    try:
+        return frozenset(get_allen_ccf_location_terms())
+    except Exception:  # pragma: no cover - a broken installation
+        return None
+
+
+def coerce_nwb_metadata(value: Any) -> NWBMetadata | None:
+    """``NWBMetadata`` from an NWBMetadata, a dict of fields, or the path of a YAML/JSON file."""
+    if value is None or isinstance(value, NWBMetadata):
+        return value
+    if isinstance(value, Mapping):
+        return NWBMetadata.from_dict(value)
+    if isinstance(value, (str, os.PathLike)):
+        return NWBMetadata.load(value)
+    raise NWBError(f"NWB metadata must be an NWBMetadata, a dict or the path of a YAML/JSON file, got "
+                   f"{type(value).__name__}.")
 
 
 # ============================================================================ helpers
@@ -385,17 +871,18 @@ def export_nwb(
     motion: Any = None,
     summary: Any = None,
     movie_path: str | os.PathLike[str] | None = None,
-    session_description: str = "somascope calcium-imaging analysis",
+    metadata: NWBMetadata | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    session_description: str | None = None,
     session_start_time: _dt.datetime | None = None,
     identifier: str | None = None,
     experimenter: str | Sequence[str] | None = None,
     lab: str | None = None,
     institution: str | None = None,
-    indicator: str = "unknown",
-    excitation_lambda: float = float("nan"),
-    emission_lambda: float = float("nan"),
+    indicator: str | None = None,
+    excitation_lambda: float | None = None,
+    emission_lambda: float | None = None,
     imaging_rate: float | None = None,
-    location: str = "unknown",
+    location: str | None = None,
     device: str = "microscope",
     grid_spacing_um: float | Sequence[float] | None = None,
     overwrite: bool = False,
@@ -418,11 +905,18 @@ def export_nwb(
     movie_path
         The movie the results came from; recorded as an external-file ``TwoPhotonSeries``
         ``acquisition/raw_movie`` (path relative to the NWB file's folder; no data copied).
+    metadata
+        Session, subject and imaging metadata: an :class:`NWBMetadata`, a dict of its fields or
+        the path of a YAML/JSON file of them (validated; ``docs/nwb.md`` has the template). The
+        subject fields make the file's ``Subject``; the others fill the arguments below that are
+        not given (an argument given explicitly wins).
     session_description, session_start_time, identifier, experimenter, lab, institution
         NWB session metadata. ``session_start_time`` defaults to now (UTC) and naive
-        datetimes are taken as local time; ``identifier`` defaults to a fresh UUID.
+        datetimes are taken as local time; ``identifier`` defaults to a fresh UUID;
+        ``session_description`` to "somascope calcium-imaging analysis".
     indicator, excitation_lambda, emission_lambda, location, device
-        Imaging-plane metadata (wavelengths in nm; NaN when unknown).
+        Imaging-plane metadata (wavelengths in nm; NaN when unknown; indicator and location
+        "unknown" when not given).
     imaging_rate
         Frame rate in Hz; defaults to ``estimates.frame_rate``. All series use it.
     grid_spacing_um
@@ -454,6 +948,7 @@ def export_nwb(
             f"{str(final)!r} already exists; pass overwrite=True to replace it, or choose "
             "another path."
         )
+    meta = coerce_nwb_metadata(metadata) or NWBMetadata()
     dims, K, T = _check_estimates(estimates)
     if imaging_rate is not None:
         rate = _positive_rate(imaging_rate, "imaging_rate")
@@ -480,20 +975,25 @@ def export_nwb(
         nwb_folder=final.absolute().parent,
         spacing=spacing,
         session=dict(
-            session_description=str(session_description),
-            session_start_time=_start_time(session_start_time),
+            session_description=str(_pick(session_description, meta.session_description,
+                                          _DEFAULT_SESSION_DESCRIPTION)),
+            session_start_time=_start_time(_pick(session_start_time, meta.session_start_time, None)),
             identifier=str(identifier) if identifier is not None else str(uuid.uuid4()),
-            experimenter=[experimenter] if isinstance(experimenter, str) else experimenter,
-            lab=lab,
-            institution=institution,
+            experimenter=_as_list(_pick(experimenter, meta.experimenter, None)),
+            lab=_pick(lab, meta.lab, None),
+            institution=_pick(institution, meta.institution, None),
+            experiment_description=meta.experiment_description,
+            session_id=meta.session_id,
+            keywords=_as_list(meta.keywords),
         ),
         plane=dict(
-            indicator=str(indicator),
-            excitation_lambda=float(excitation_lambda),
-            emission_lambda=float(emission_lambda),
-            location=str(location),
+            indicator=str(_pick(indicator, meta.indicator, "unknown")),
+            excitation_lambda=float(_pick(excitation_lambda, meta.excitation_lambda, float("nan"))),
+            emission_lambda=float(_pick(emission_lambda, meta.emission_lambda, float("nan"))),
+            location=str(_pick(location, meta.location, "unknown")),
             device=str(device),
         ),
+        subject=meta.subject_kwargs(),
     )
     if final.suffix.lower() != ".nwb":
         warnings.warn(
@@ -507,6 +1007,19 @@ def export_nwb(
         with pynwb.NWBHDF5IO(str(tmp), mode="w") as io:
             io.write(nwbfile)
     return final
+
+
+def _pick(given: Any, from_metadata: Any, default: Any) -> Any:
+    """An argument given explicitly, else the metadata's value, else the default."""
+    if given is not None:
+        return given
+    return default if from_metadata is None else from_metadata
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _build_nwbfile(
@@ -524,11 +1037,15 @@ def _build_nwbfile(
     spacing: tuple[float, ...] | None,
     session: dict[str, Any],
     plane: dict[str, Any],
+    subject: dict[str, Any] | None = None,
 ) -> Any:
     """Assemble the in-memory ``NWBFile`` (nothing is written yet)."""
+    from pynwb.file import Subject
     from pynwb.ophys import OpticalChannel
 
     session = {k: v for k, v in session.items() if v is not None}
+    if subject:
+        session["subject"] = Subject(**subject)
     nwbfile = pynwb.NWBFile(**session)
     device = nwbfile.create_device(name=plane["device"], description="imaging device")
     channel = OpticalChannel(
@@ -566,7 +1083,16 @@ def _build_nwbfile(
     module = nwbfile.create_processing_module(
         name=_MODULE, description="somascope: motion correction, source extraction (CNMF), traces"
     )
-    plane_seg = _add_segmentation(module, est, dims, K, imaging_plane, movie_series)
+    # The masks' reference images (mean, correlation) live in an Images container. The
+    # schema's PlaneSegmentation.reference_images link takes only ImageSeries, and neither
+    # candidate passes nwbinspector: the external raw movie holds no data in the file (shape
+    # (0, 0), not the masks' shape), and a one-frame ImageSeries of the mean image is flagged as
+    # time on the wrong axis (a critical finding). So the link is left empty and the
+    # segmentation's description names the images.
+    references = [f"{_SUMMARY}/{k}" for k in ("mean", "corr") if k in images]
+    if not references:
+        references = [f"{_MOTION_IMAGES}/{k}" for k in ("mean_image", "template") if k in motion]
+    plane_seg = _add_segmentation(module, est, dims, K, imaging_plane, references)
     present = _add_traces(module, est, plane_seg, K, rate)
     if images:
         _add_images(pynwb, module, _SUMMARY, images, dims,
@@ -629,7 +1155,7 @@ def _external_movie(
 
 
 def _add_segmentation(module: Any, est: Any, dims: tuple[int, ...], K: int,
-                      imaging_plane: Any, movie_series: Any) -> Any:
+                      imaging_plane: Any, references: Sequence[str]) -> Any:
     """ImageSegmentation/PlaneSegmentation with image masks and per-component columns."""
     from hdmf.backends.hdf5 import H5DataIO
     from hdmf.common import ElementIdentifiers, VectorData
@@ -684,11 +1210,14 @@ def _add_segmentation(module: Any, est: Any, dims: tuple[int, ...], K: int,
                                   data=per_component("cnn_preds")))
     segmentation = ImageSegmentation(name=_SEGMENTATION)
     module.add(segmentation)
+    description = "somascope CNMF components (row k = component k of the Estimates)"
+    if references:
+        paths = ", ".join(f"processing/{_MODULE}/{r}" for r in references)
+        description += f"; reference images of the masks (same pixels): {paths}"
     plane_seg = PlaneSegmentation(
         name=_PLANE_SEG,
-        description="somascope CNMF components (row k = component k of the Estimates)",
+        description=description,
         imaging_plane=imaging_plane,
-        reference_images=movie_series,
         id=ElementIdentifiers(name="id", data=np.arange(K, dtype=np.int64)),
         columns=columns,
     )
@@ -1017,6 +1546,13 @@ def _read_series(series: Any) -> np.ndarray | None:
     return None if series is None else np.asarray(series.data[()], dtype=np.float32)
 
 
+def _str_list(values: Any) -> list[str] | None:
+    if values is None:
+        return None
+    items = values[()] if hasattr(values, "shape") else values  # an HDF5 dataset, or a list
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in items]
+
+
 def _metadata(nwbfile: Any, record: dict[str, Any], path: Path) -> dict[str, Any]:
     plane = nwbfile.imaging_planes.get(_PLANE) or next(iter(nwbfile.imaging_planes.values()), None)
     meta: dict[str, Any] = {
@@ -1026,7 +1562,15 @@ def _metadata(nwbfile: Any, record: dict[str, Any], path: Path) -> dict[str, Any
         "experimenter": list(nwbfile.experimenter) if nwbfile.experimenter is not None else None,
         "lab": nwbfile.lab,
         "institution": nwbfile.institution,
+        "experiment_description": nwbfile.experiment_description,
+        "session_id": nwbfile.session_id,
+        "keywords": _str_list(nwbfile.keywords),
     }
+    subject = nwbfile.subject
+    for ours, theirs in (("subject_id", "subject_id"), ("species", "species"), ("sex", "sex"), ("age", "age"),
+                         ("strain", "strain"), ("genotype", "genotype"), ("weight", "weight"),
+                         ("subject_description", "description")):
+        meta[ours] = None if subject is None else getattr(subject, theirs, None)
     if plane is not None:
         channel = plane.optical_channel[0] if plane.optical_channel else None
         meta.update(

@@ -287,6 +287,33 @@ def prepare(movie: Any, out: str | os.PathLike[str], params: Any = None, *, fr: 
                     warnings=warnings)
 
 
+def check_nwb_metadata(nwb_metadata: Any, *, nwb: bool, dandi: bool) -> tuple[Any, list[str]]:
+    """``(NWBMetadata or None, warnings)`` for the NWB file of this run, checked before any stage.
+
+    ``nwb_metadata`` is an :class:`~somascope.io.nwb.NWBMetadata`, a dict of its fields or the
+    path of a YAML/JSON file; bad values raise :class:`~somascope.io.nwb.NWBMetadataError`.
+    With ``dandi``, missing fields the DANDI archive requires are refused, all in one message;
+    with plain ``nwb`` they give one warning.
+    """
+    from ..io.nwb import coerce_nwb_metadata
+
+    meta = coerce_nwb_metadata(nwb_metadata)
+    if not (nwb or dandi or meta is not None):
+        return None, []
+    from ..io.nwb import NWBMetadata
+
+    missing = (meta or NWBMetadata()).dandi_missing()
+    if not missing:
+        return meta, []
+    listed = "; ".join(missing)
+    how = ("give them as flags or in a YAML file with --nwb-metadata FILE (Python: nwb_metadata=; template in "
+           "docs/nwb.md)")
+    if dandi:
+        raise PipelineError(f"--dandi: the NWB file would lack what DANDI requires: {listed}. Fix: {how}.")
+    return meta, [f"results.nwb will lack what DANDI requires: {listed}. To upload it to DANDI, {how}; "
+                  "--dandi refuses to start without them."]
+
+
 def free_disk(path: Path) -> int:
     """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
     probe = path

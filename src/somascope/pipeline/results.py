@@ -158,9 +158,12 @@ def write_results(ctx: Any, folder: Path) -> Any:
     from .stages import Outcome
 
     est = ctx.estimates("traces")
-    est = dataclasses.replace(
-        est, params=ctx.params.to_dict(),
-        provenance={**(est.provenance or {}), "pipeline": {"out": str(ctx.out), "stages": ctx.digests()}})
+    meta = getattr(ctx, "nwb_metadata", None)
+    pipeline = {"out": str(ctx.out), "stages": ctx.digests()}
+    if ctx.nwb and meta is not None:
+        pipeline["nwb_metadata"] = meta.to_dict()
+    est = dataclasses.replace(est, params=ctx.params.to_dict(),
+                              provenance={**(est.provenance or {}), "pipeline": pipeline})
     motion = ctx.motion_result()
     summary = ctx.summary()
     records = ctx.records_for_report()
@@ -174,7 +177,7 @@ def write_results(ctx: Any, folder: Path) -> Any:
         movie_paths = [str(p) for p in getattr(ctx.movie, "paths", [])]
         export_nwb(ctx.out / NWB_FILE, est, motion=motion, summary=summary,
                    movie_path=movie_paths[0] if movie_paths else None, imaging_rate=ctx.params.data.fr,
-                   overwrite=True)
+                   metadata=meta, overwrite=True)
         outputs.append(NWB_FILE)
     # last: a results file exists only when everything before it (report, NWB) was written
     write_results_file(ctx.out / RESULTS_FILE, est, motion=motion, summary=summary, params=ctx.params,

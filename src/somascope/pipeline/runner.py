@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Expected, compare, read_manifest, write_manifest
-from .preflight import PipelineError, Prepared, check_resources, prepare
+from .preflight import PipelineError, Prepared, check_nwb_metadata, check_resources, prepare
 from .resources import EngineHandle, PeakMemory, ResourceEstimate, estimate_resources, human_bytes
 from .results import NWB_FILE, REPORT_DIR, RESULTS_FILE
 from .stages import STAGE_NAMES, STAGES, Stage
@@ -117,6 +117,7 @@ class RunContext:
     progress: bool
     truth: Any
     movie_info: dict[str, Any]
+    nwb_metadata: Any = None
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
     _products: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -378,6 +379,8 @@ def run(
     force: bool = False,
     from_stage: str | None = None,
     nwb: bool = False,
+    nwb_metadata: Any = None,
+    dandi: bool = False,
     progress: bool = True,
     truth: Mapping[str, Any] | Callable[[Any], Mapping[str, Any]] | None = None,
     debug: bool = False,
@@ -414,7 +417,16 @@ def run(
         Run every stage again / run again from this stage on (one of
         :data:`~somascope.pipeline.stages.STAGE_NAMES`).
     nwb
-        Also write ``OUT/results.nwb``.
+        Also write ``OUT/results.nwb``. Without the metadata the DANDI archive requires (subject
+        id, species, sex, age, session start time) one warning lists what is missing.
+    nwb_metadata
+        Session, subject and imaging metadata for the NWB file: a
+        :class:`~somascope.io.nwb.NWBMetadata`, a dict of its fields or the path of a YAML/JSON
+        file (``docs/nwb.md``); validated before any stage runs. Implies ``nwb``. A change reruns
+        only the ``results`` stage.
+    dandi
+        Write an NWB file ready for DANDI (implies ``nwb``): refuse to start, listing every
+        missing field in one message, when the metadata lacks what DANDI requires.
     progress
         Stage headers, progress bars and the final table on stdout.
     truth
@@ -438,13 +450,16 @@ def run(
     if from_stage is not None and from_stage not in STAGE_NAMES:
         raise PipelineError(f"unknown stage {from_stage!r} for --from. Fix: use one of {', '.join(STAGE_NAMES)}.")
     t_start = time.perf_counter()
+    meta, nwb_warnings = check_nwb_metadata(nwb_metadata, nwb=nwb, dandi=dandi)
+    nwb = bool(nwb or dandi or meta is not None)
     prepared = prepare(movie, out, params, fr=fr, radius=radius, decay_time=decay_time, overrides=overrides,
                        motion=motion)
+    prepared.warnings.extend(nwb_warnings)
     out_path = prepared.out
     out_path.mkdir(parents=True, exist_ok=True)
     handle = EngineHandle(engine, workers)
     ctx = RunContext(movie=prepared.movie, params=prepared.params, out=out_path, engine=handle, motion=motion,
-                     nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info())
+                     nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info(), nwb_metadata=meta)
     try:
         with _lock(out_path), _run_log(out_path, debug):
             return _run(ctx, prepared, force=force, from_stage=from_stage, t_start=t_start)

@@ -333,7 +333,11 @@ def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None,
 
 # -- results ---------------------------------------------------------------------------------
 def results_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    return {}, {"nwb": bool(ctx.nwb), "report": True}
+    settings: dict[str, Any] = {"nwb": bool(ctx.nwb), "report": True}
+    meta = getattr(ctx, "nwb_metadata", None)
+    if ctx.nwb and meta is not None:  # the NWB file's metadata: a change rewrites only this stage
+        settings.update({f"nwb_metadata.{k}": v for k, v in meta.to_dict().items()})
+    return {}, settings
 
 
 def run_results(ctx: Any, folder: Path) -> Outcome:
