@@ -344,3 +344,31 @@ def test_cli_help_lists_run(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--out", "--fr", "--radius", "--no-motion", "--scheduler", "--workers", "--force", "--from",
                    "--nwb", "--params"):
         assert option in text
+
+
+def test_a_correction_that_blurs_the_mean_image_is_not_applied(movie: tuple[Path, Any], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real case is a dark Miniscope crop (../shared/data/minian_1p_crop: crispness 39.6 →
+    # 35.8, shifts jittering ±0.9 px around a still field); simulated movies that do not move
+    # keep their crispness (registered to a template of their own noise), so the measured
+    # crispness of the corrected movie is lowered here, after a real correction.
+    import dataclasses as dc
+
+    from somascope import motion
+    from somascope.store import Store
+
+    real = motion.correct
+
+    def blurring(*args: Any, **kwargs: Any) -> Any:
+        mc = real(*args, **kwargs)
+        return dc.replace(mc, metrics={**mc.metrics, "crispness_corrected": 0.9 * mc.metrics["crispness_raw"]})
+
+    monkeypatch.setattr(motion, "correct", blurring)
+    path, _ = movie
+    res = run(path, tmp_path / "out", radius=RADIUS, engine="serial", progress=False)
+    stage = next(r for r in res.stages if r.stage == "motion")
+    assert stage.detail.startswith("not applied: correction lowered the crispness")
+    store = Store.open(tmp_path / "out" / "stages" / "motion" / "movie.zarr")
+    np.testing.assert_array_equal(store[:20], tifffile.imread(path)[:20])  # the movie as recorded
+    assert "registration followed noise" in (tmp_path / "out" / "run.log").read_text()
+    assert load_results(res.results_path).motion is None  # no shifts claimed for the movie

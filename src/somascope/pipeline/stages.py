@@ -39,6 +39,10 @@ CNMF_QUALITY_KEYS = ("quality.SNR_lowest", "quality.rval_lowest", "quality.N_sam
 #: Share of smooth frame-to-frame changes above which a movie run as two-photon gets a warning
 #: that it looks one-photon (simulated one-photon movies 0.44–0.69, two-photon 0.02–0.09).
 ONE_PHOTON_SHARE = 0.3
+#: Motion correction that lowers the mean image's crispness by more than this fraction is not
+#: applied: the registration followed noise (the minian Miniscope crop: 39.6 → 35.8, shifts
+#: jittering ±0.9 px frame to frame; simulated movies that move gain 4–20 %).
+CRISPNESS_LOSS = 0.02
 #: Block length (frames) of the max-correlation image.
 MAX_CORR_FRAMES = 1000
 #: ΔF/F: percentile of the baseline when not chosen automatically, and the running window (s).
@@ -113,11 +117,23 @@ def run_motion(ctx: Any, folder: Path) -> Outcome:
     from .. import motion
 
     mc = motion.correct(ctx.movie, ctx.params, out=store_path, engine=ctx.engine.get(), progress=ctx.progress)
+    m = mc.metrics
+    raw, corrected = m.get("crispness_raw"), m.get("crispness_corrected")
+    if raw and corrected and corrected < (1.0 - CRISPNESS_LOSS) * raw:
+        # the registration followed noise (a movie that does not move, or frames too dark to
+        # register one by one): the corrected movie is blurrier than the recorded one
+        largest = float(np.abs(mc.shifts).max()) if mc.shifts.size else 0.0
+        log.warning("motion correction made the mean image less crisp (%.3g → %.3g, shifts up to %.1f px): the "
+                    "registration followed noise, so the movie goes on as recorded. If it does move, try "
+                    "--set motion.smooth_shifts=5 (registration on smoothed shifts) or a larger --radius.",
+                    raw, corrected, largest)
+        Store.from_source(ctx.movie, store_path, engine=ctx.engine.get(), progress=ctx.progress, overwrite=True)
+        return Outcome(f"not applied: correction lowered the crispness {raw:.3g} → {corrected:.3g} (shifts up to "
+                       f"{largest:.1f} px followed noise); the movie as recorded", ["movie.zarr"], {"motion": None})
     # the Store moves with the stage folder (reopened as stages/motion/movie.zarr), so the saved
     # result records no absolute path to it
     mc = dataclasses.replace(mc, store=None)
     mc.save(folder / "result")
-    m = mc.metrics
     kind = "piecewise-rigid" if mc.pw_rigid else "rigid"
     model = m.get("motion_model") or {}
     if model.get("requested") == "auto":
