@@ -130,6 +130,20 @@ def test_frame_rate_pixel_size_and_details_come_from_the_xml(two_channels: Any) 
         assert m.metadata["paths"] == [str(folder / "TSeries-20240101-001.xml")]
 
 
+def test_info_counts_the_recordings_files_on_disk(two_channels: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from somascope.cli import _gb, main
+
+    folder, _ = two_channels
+    assert main(["info", str(folder), "--channel", "0", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "Bruker PrairieView"
+    # the folder's files (its TIFFs and the XML), not the XML alone
+    assert info["size_on_disk"] == _gb(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()))
+    assert info["size_on_disk"] != _gb(next(folder.glob("*.xml")).stat().st_size)
+
+
 def test_frame_period_is_the_fallback_without_time_stamps(tmp_path: Path) -> None:
     write_bruker(tmp_path / "rec", {2: _frames(5, 3)}, stamps=False)
     with open_movie(tmp_path / "rec") as m:

@@ -56,6 +56,7 @@ def test_one_channel_values_rate_slices_and_pickle(tmp_path: Path) -> None:
     assert movie.frame_rate == pytest.approx(7930.0 / H)  # one line per mirror period
     ref = frames[..., 0]
     np.testing.assert_array_equal(movie[:], ref)
+    np.testing.assert_array_equal(open_movie(path.with_suffix(".mat"))[:], ref)  # the info file names it too
     np.testing.assert_array_equal(movie[7], ref[7])
     np.testing.assert_array_equal(movie[3:11], ref[3:11])
     np.testing.assert_array_equal(movie[[20, 1, 9, 10]], ref[[20, 1, 9, 10]])

@@ -55,8 +55,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     movie = _open(args)
     with movie:
         n_float = 4 * int(__import__("numpy").prod(movie.shape, dtype="int64"))
-        on_disk = sum(_disk_size(p) for p in movie.paths)
         meta = movie.metadata
+        # a reader whose path names its recording but is not its data (a Bruker XML) says where the data are
+        on_disk = sum(_disk_size(Path(p)) for p in meta.get("data_paths") or movie.paths)
         info: dict[str, Any] = {
             "source": [str(p) for p in movie.paths],
             "format": meta.get("format"),

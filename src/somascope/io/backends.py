@@ -67,7 +67,7 @@ class Reader:
 READERS: tuple[Reader, ...] = (
     Reader("video", "video", "VideoSegment", (".avi", ".mp4", ".mkv", ".mov", ".m4v"),
            claims="video_files", extra="video"),
-    Reader("Scanbox", "sbx", "SbxSegment", (".sbx",)),
+    Reader("Scanbox", "sbx", "SbxSegment", (".sbx",), claims="sbx_files"),
     Reader("Nikon ND2", "nd2file", "Nd2Segment", (".nd2",), extra="nd2"),
     Reader("Inscopix", "isxd", "IsxdSegment", (".isxd",), extra="inscopix"),
     Reader("Bruker", "bruker", "BrukerSegment", claims="bruker_files"),

@@ -197,7 +197,8 @@ class BrukerSegment:
     # -- metadata ------------------------------------------------------------------
     def _metadata(self, parsed: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
         state = parsed["state"]
-        meta: dict[str, Any] = {"format": "Bruker PrairieView", "n_channels": 1}
+        meta: dict[str, Any] = {"format": "Bruker PrairieView", "n_channels": 1,
+                                "data_paths": [str(self.folder)]}  # the data are the folder's files
         details: dict[str, Any] = {
             "sequence_type": parsed["sequences"][0]["type"],
             "cycles": len(parsed["sequences"]),

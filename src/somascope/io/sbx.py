@@ -142,6 +142,15 @@ def planes_of(info: Any) -> tuple[int, str | None]:
     return 1, None
 
 
+def sbx_files(path: Path) -> list[Path] | None:
+    """``[<name>.sbx]`` for a ``<name>.mat`` with its ``.sbx`` beside it (the info file names the
+    recording too), else None."""
+    path = Path(path)
+    if path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file():
+        return [path.with_suffix(".sbx")]
+    return None
+
+
 class SbxSegment:
     """One ``.sbx`` file (with its ``.mat`` beside it) as a segment of uint16 frames ``(H, W)``
     of one channel; planes stay interleaved (``metadata["n_planes"]``) for Movie to undo."""
