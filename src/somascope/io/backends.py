@@ -35,11 +35,15 @@ class Reader:
     ``segment`` names the module's segment class, built as ``Segment(path, channel=...)``
     (the backend protocol above, plus ``metadata``: a dict with ``format`` and, where the file
     stores them, ``frame_rate`` (Hz), ``pixel_size_um`` (``(y, x)``), ``n_channels`` /
-    ``n_planes`` (interleaved frame by frame, undone by :class:`~somascope.io.Movie`), and
-    anything else worth showing). ``extensions`` are the file suffixes it reads; ``claims``
-    names an optional module function ``(path) -> list[Path] | None`` that recognises a path
-    the extensions do not decide (a folder of a recording, a ``.bin`` with its ``ops.npy``)
-    and returns the paths to open, one segment each, in recording order.
+    ``n_planes`` (interleaved frame by frame, undone by :class:`~somascope.io.Movie`, which
+    divides ``frame_rate`` by ``n_planes`` unless ``frame_rate_per_volume`` is True),
+    ``data_paths`` (where the data are, when the path opened only names them: shown as the size
+    on disk) and ``details`` (anything else worth showing)). ``extensions`` are the file
+    suffixes it reads; ``claims`` names an optional module function ``(path) -> list[Path] |
+    None`` that recognises a path the extensions do not decide (a folder of a recording, a
+    ``.bin`` with its ``ops.npy``, a Scanbox ``.mat``) and returns the paths to open, one
+    segment each, in recording order (or raises :class:`MovieError` for a recording it
+    recognises but cannot open as it is).
     ``extra`` is the ``pip install somascope[extra]`` that brings its library.
     """
 
