@@ -25,18 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MovieError, one_line
+from .errors import MovieError, import_optional, one_line
 
 
 def _isx(path: Path) -> Any:
-    try:
-        import isx
-    except (ImportError, OSError) as exc:  # OSError: its bundled C library failed to load
-        raise MovieError(
-            f'{path}: reading Inscopix .isxd files needs the isx package ({one_line(exc)}); '
-            'pip install "somascope[inscopix]".'
-        ) from exc
-    return isx
+    return import_optional("isx", path, "Inscopix .isxd files", "inscopix")
 
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MovieError, one_line
+from .errors import MovieError, import_optional, one_line
 
 #: Loop axes the reader understands; anything else with more than one step is refused.
 _FRAME_AXES = ("C", "Y", "X")
@@ -41,12 +41,7 @@ _FRAME_AXES = ("C", "Y", "X")
 
 def _open_nd2(path: Path) -> Any:
     """An open ``nd2.ND2File`` for ``path`` (kept a module function so it can be replaced)."""
-    try:
-        import nd2
-    except ImportError as exc:
-        raise MovieError(
-            f'{path}: reading Nikon .nd2 files needs the nd2 package; pip install "somascope[nd2]".'
-        ) from exc
+    nd2 = import_optional("nd2", path, "Nikon .nd2 files", "nd2")
     try:
         return nd2.ND2File(str(path))
     except Exception as exc:  # nd2 raises OSError/ValueError/struct.error for damaged files

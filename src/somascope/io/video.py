@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MovieError
+from .errors import MovieError, import_optional, one_line
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".m4v")
 _TIFF_EXTENSIONS = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
@@ -342,13 +342,7 @@ def _miniscope_metadata(folder_name: str, stamp: tuple[Any, ...]) -> dict[str, A
 
 # ----------------------------------------------------------------------------- one file
 def _import_av(path: Path) -> Any:
-    try:
-        import av
-    except ImportError as exc:
-        raise MovieError(
-            f"{path}: reading video files needs PyAV; install it with pip install \"somascope[video]\"."
-        ) from exc
-    return av
+    return import_optional("av", path, "video files (PyAV)", "video")
 
 
 def _stream_rate(stream: Any) -> float | None:
@@ -418,7 +412,7 @@ class VideoSegment:
         except MovieError:
             raise
         except Exception as exc:
-            raise MovieError(f"{self.path}: not a readable video ({_describe(exc)}); {_REPAIR}.") from exc
+            raise MovieError(f"{self.path}: not a readable video ({one_line(exc)}); {_REPAIR}.") from exc
         finally:
             self.close()
 
@@ -431,7 +425,7 @@ class VideoSegment:
             container = av.open(str(self.path))
         except Exception as exc:
             raise MovieError(
-                f"{self.path}: not a readable video file ({_describe(exc)}); check that it is a complete "
+                f"{self.path}: not a readable video file ({one_line(exc)}); check that it is a complete "
                 f"{self.path.suffix or 'video'} file ({_REPAIR})."
             ) from exc
         if not container.streams.video:
@@ -628,7 +622,7 @@ class VideoSegment:
             raise
         except Exception as exc:
             self._frames, self._last = None, None
-            raise MovieError(f"{self.path}: decoding failed ({_describe(exc)}); the file is damaged; "
+            raise MovieError(f"{self.path}: decoding failed ({one_line(exc)}); the file is damaged; "
                              f"{_REPAIR}.") from exc
         return out
 
@@ -649,8 +643,3 @@ class VideoSegment:
 
 def _packet_time(packet: Any) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
