@@ -1447,13 +1447,25 @@ class Params:
         """Dotted names (``"data.fr"``) of the parameters a dict sets, however it spells them
         (nested, flat, CaImAn or Mesmerize keys and aliases); keys CaImAn accepts that mean
         nothing here are left out silently (:meth:`from_dict` warns about them)."""
+        return set(Params.given_values(d))
+
+    @staticmethod
+    def given_values(d: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"data.fr": 30.0, …}``: the values a dict sets under their dotted names, however it
+        spells them (see :meth:`given_keys`); aliases converted (``merge_thresh`` →
+        ``merge.merge_thr``). Internal markers (names starting with ``_``) are left out.
+
+        Raises:
+            ParameterError: unknown or conflicting keys.
+        """
         quiet = logging.getLogger(__name__)
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            return set(_collect_all(d).values)
+            values = _collect_all(d).values
         finally:
             quiet.setLevel(level)
+        return {k: v for k, v in values.items() if not k.split(".")[-1].startswith("_")}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Params:

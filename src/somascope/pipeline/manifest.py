@@ -78,17 +78,23 @@ def digest_of(identity: Mapping[str, Any], run_id: str) -> str:
     return sha256(canonical({**identity, "run_id": run_id}))
 
 
-def movie_fingerprint(movie: Any) -> dict[str, Any]:
+def movie_fingerprint(movie: Any, relative_to: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """What identifies the input movie: every file (or folder) with its size and modification
     time, the movie's shape and dtype, and the channel/plane selection.
 
     A folder (Zarr) counts the sizes of all files under it and its newest modification time.
+    Paths under ``relative_to`` (a batch's raw-data root) are recorded relative to it, so that
+    stages computed before the data moved to another folder or computer are still recognised.
     """
+    root = None if relative_to is None else Path(relative_to).absolute()
     files = []
     for path in getattr(movie, "paths", []):
         p = Path(path).absolute()
         size, mtime = _size_mtime(p)
-        files.append({"path": str(p), "size": size, "mtime_ns": mtime})
+        shown = str(p)
+        if root is not None and p.is_relative_to(root):
+            shown = p.relative_to(root).as_posix()
+        files.append({"path": shown, "size": size, "mtime_ns": mtime})
     return {
         "files": files,
         "shape": [int(s) for s in movie.shape],

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,8 @@ def _params_source(params: Any) -> tuple[Any, dict[str, Any] | None, str]:
 
 
 def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: Any = None,
-                 decay_time: float | None = None, overrides: Mapping[str, Any] | None = None,
+                 decay_time: float | None = None,
+                 overrides: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                  ) -> tuple[Any, str, str, list[str]]:
     """``(Params, fr_source, radius_source, warnings)`` for ``movie`` (module docstring).
 
@@ -159,8 +160,8 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
     given = set() if d is None else Params.given_keys(d)
     if obj is not None:
         given = {"data.fr", "data.neuron_radius", "data.decay_time"}
-    over = dict(overrides or {})
-    given_over = Params.given_keys(over) if over else set()
+    layers = _override_layers(overrides)
+    given_over = set().union(*(Params.given_keys(layer) for layer in layers))
     movie_fr = getattr(movie, "frame_rate", None)
 
     if fr is not None:
@@ -210,9 +211,18 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
         cli["decay_time"] = float(decay_time)
     if cli:
         p = p.replace(cli)
-    if over:
-        p = p.replace(over)
+    for layer in layers:
+        p = p.replace(layer)
     return p, fr_source, radius_source, warnings
+
+
+def _override_layers(overrides: Any) -> list[Mapping[str, Any]]:
+    """``overrides`` as a list of dicts applied in order (one dict, a sequence of them, or None)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [overrides] if overrides else []
+    return [layer for layer in overrides if layer]
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -264,7 +274,8 @@ def check_motion(params: Any, dims: tuple[int, ...]) -> None:
 
 
 def prepare(movie: Any, out: str | os.PathLike[str], params: Any = None, *, fr: float | None = None,
-            radius: Any = None, decay_time: float | None = None, overrides: Mapping[str, Any] | None = None,
+            radius: Any = None, decay_time: float | None = None,
+            overrides: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
             motion: bool = True) -> Prepared:
     """Open the movie, build the parameters and run every check that needs no estimate."""
     out = Path(out).expanduser().absolute()

@@ -7,11 +7,21 @@ from their manifests, :mod:`~somascope.pipeline.manifest`) → disk/memory check
 ``manifest.json`` (written last) is in place, so a killed run never leaves a stage folder that
 looks finished. ``OUT/results.h5`` is removed before any stage runs and written (atomically)
 only by the last stage. ``OUT/run.log`` collects the log of every run (appended).
+
+With ``stage_cache=DIR`` (the batch manager's shared stages) every stage but ``results`` lives
+in ``DIR/<stage>/<key>/`` instead, where ``key`` hashes the stage's identity (inputs, parameters,
+settings, upstream digests, version; :func:`cache_key`): runs of other parameter variants of the
+same movie find the stages they share there, so a grid over quality thresholds motion-corrects
+once and keeps one Store. A stage being computed holds ``DIR/<stage>/<key>.lock`` exclusively
+(a second run that needs the same stage waits, then reuses it); a run holds the locks of the
+cached stages it uses shared until it ends, so :func:`remove_unused_stages` never deletes a
+stage in use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -23,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import Expected, compare, read_manifest, write_manifest
+from .manifest import Expected, canonical, compare, read_manifest, write_manifest
 from .preflight import PipelineError, Prepared, check_nwb_metadata, check_resources, prepare
 from .resources import EngineHandle, PeakMemory, ResourceEstimate, estimate_resources, human_bytes
 from .results import NWB_FILE, REPORT_DIR, RESULTS_FILE
@@ -31,7 +41,7 @@ from .stages import STAGE_NAMES, STAGES, Stage
 
 log = logging.getLogger("somascope.pipeline")
 
-__all__ = ["RunResult", "StageRecord", "run", "plan"]
+__all__ = ["RunResult", "StageRecord", "cache_key", "plan", "remove_unused_stages", "run"]
 
 STAGES_DIR = "stages"
 PARTIAL = ".partial"
@@ -61,10 +71,13 @@ class StageRecord:
 
 @dataclass
 class RunResult:
-    """What :func:`run` produced: paths, the final estimates, the stage records."""
+    """What :func:`run` produced: paths, the final estimates, the stage records.
+
+    ``results_path`` and ``estimates`` are None for a run stopped before ``results``
+    (``until``). ``stage_dirs`` maps each stage to its folder (in the stage cache, if any)."""
 
     out: Path
-    results_path: Path
+    results_path: Path | None
     report_path: Path | None
     nwb_path: Path | None
     estimates: Any
@@ -73,6 +86,7 @@ class RunResult:
     movie_info: dict[str, Any]
     estimate: ResourceEstimate | None = None
     seconds: float = 0.0
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageRecord:
         for rec in self.stages:
@@ -118,6 +132,9 @@ class RunContext:
     truth: Any
     movie_info: dict[str, Any]
     nwb_metadata: Any = None
+    stage_cache: Path | None = None
+    movie_root: Path | None = None
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
     _products: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -129,7 +146,12 @@ class RunContext:
         return tuple(int(s) for s in self.movie.shape)
 
     def folder(self, stage: str) -> Path:
-        return self.out / STAGES_DIR / stage
+        """Where ``stage``'s outputs are: ``OUT/stages/<stage>`` or its folder in the stage cache."""
+        return self.stage_dirs.get(stage, self.out / STAGES_DIR / stage)
+
+    def cached(self, stage: str) -> bool:
+        """Whether ``stage`` lives in the shared stage cache (every stage but ``results``)."""
+        return self.stage_cache is not None and stage != "results"
 
     def remember(self, stage: str, products: Mapping[str, Any]) -> None:
         self._products[stage] = dict(products)
@@ -213,17 +235,42 @@ def _expected(stage: Stage, ctx: RunContext, movie_fp: dict[str, Any]) -> Expect
                     version=__version__)
 
 
+def cache_key(expected: Expected) -> str:
+    """Name of a stage's folder in the stage cache: a hash of its identity (no run id), so equal
+    inputs, parameters, settings and upstream outputs give the same folder."""
+    return hashlib.sha256(canonical(expected.identity()).encode("utf-8")).hexdigest()[:20]
+
+
+def _cache_folder(ctx: RunContext, stage: Stage, movie_fp: dict[str, Any]) -> Path:
+    assert ctx.stage_cache is not None
+    return ctx.stage_cache / stage.name / cache_key(_expected(stage, ctx, movie_fp))
+
+
+def _outputs_base(ctx: RunContext, stage: str) -> Path:
+    """What a manifest's ``outputs`` are relative to: the stage's folder in the cache, else OUT."""
+    return ctx.folder(stage) if ctx.cached(stage) else ctx.out
+
+
+def _stages_until(until: str | None) -> tuple[Stage, ...]:
+    return STAGES if until is None else STAGES[: STAGE_NAMES.index(until) + 1]
+
+
 def plan(ctx: RunContext, movie_fp: dict[str, Any], *, force: bool = False,
-         from_stage: str | None = None) -> dict[str, list[str]]:
-    """``{stage: reasons}`` for every stage: an empty list means the stage is reused.
+         from_stage: str | None = None, until: str | None = None) -> dict[str, list[str]]:
+    """``{stage: reasons}`` for every stage (up to ``until``): an empty list means the stage is
+    reused.
 
     A stage runs when forced (``force``, or at/after ``from_stage``), when an upstream stage
     runs, or when its manifest does not match (:func:`~somascope.pipeline.manifest.compare`).
-    Fills ``ctx.manifests`` with the manifests found on disk.
+    Fills ``ctx.manifests`` with the manifests found on disk (and, with a stage cache,
+    ``ctx.stage_dirs`` with the cache folders of the stages whose upstreams are known).
     """
     first = STAGE_NAMES.index(from_stage) if from_stage else None
     reasons: dict[str, list[str]] = {}
-    for i, stage in enumerate(STAGES):
+    for i, stage in enumerate(_stages_until(until)):
+        running = [u for u in stage.upstream if reasons.get(u)]
+        if ctx.cached(stage.name) and not running:
+            ctx.stage_dirs[stage.name] = _cache_folder(ctx, stage, movie_fp)
         manifest = read_manifest(ctx.folder(stage.name))
         if manifest is not None:
             ctx.manifests[stage.name] = manifest
@@ -233,11 +280,13 @@ def plan(ctx: RunContext, movie_fp: dict[str, Any], *, force: bool = False,
         if first is not None and i >= first:
             reasons[stage.name] = [f"--from {from_stage}"]
             continue
-        running = [u for u in stage.upstream if reasons.get(u)]
         if running:
             reasons[stage.name] = [f"{' and '.join(running)} {'runs' if len(running) == 1 else 'run'} again"]
             continue
-        reasons[stage.name] = compare(manifest, _expected(stage, ctx, movie_fp), ctx.out)
+        found = compare(manifest, _expected(stage, ctx, movie_fp), _outputs_base(ctx, stage.name))
+        if found == ["no finished output"] and ctx.cached(stage.name):
+            found = ["not computed yet for these inputs and parameters"]
+        reasons[stage.name] = found
     return reasons
 
 
@@ -261,14 +310,15 @@ def _say(ctx: RunContext, message: str) -> None:
         tqdm.write(message, file=sys.stdout)  # keeps progress bars on stderr intact
 
 
-def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[str], index: int) -> StageRecord:
+def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[str], index: int,
+               n_stages: int) -> StageRecord:
     final = ctx.folder(stage.name)
-    partial = final.with_name(stage.name + PARTIAL)
+    partial = final.with_name(final.name + PARTIAL)
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
     why = "; ".join(reasons)
-    _say(ctx, f"[{index}/{len(STAGES)}] {stage.name} … ({stage.description}; runs because {why})")
+    _say(ctx, f"[{index}/{n_stages}] {stage.name} … ({stage.description}; runs because {why})")
     started, t0 = time.time(), time.perf_counter()
     try:
         with PeakMemory() as peak:
@@ -277,7 +327,7 @@ def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[
         shutil.rmtree(partial, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
-    if stage.name == "results":
+    if stage.name == "results" or ctx.cached(stage.name):
         outputs = list(outcome.outputs)
     else:
         outputs = [f"{STAGES_DIR}/{stage.name}/{o}" for o in outcome.outputs]
@@ -293,11 +343,40 @@ def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[
     return StageRecord(stage.name, seconds, peak.peak, False, outcome.detail, why, manifest["digest"])
 
 
-def _reuse_stage(stage: Stage, ctx: RunContext, index: int) -> StageRecord:
+def _reuse_stage(stage: Stage, ctx: RunContext, index: int, n_stages: int) -> StageRecord:
     m = ctx.manifests[stage.name]
     detail = f"{m.get('detail', '')} (reused; computed {m.get('finished', '?')} in {float(m.get('seconds', 0)):.1f} s)"
-    _say(ctx, f"[{index}/{len(STAGES)}] {stage.name}: reused, nothing changed since {m.get('finished', '?')}")
+    _say(ctx, f"[{index}/{n_stages}] {stage.name}: reused, nothing changed since {m.get('finished', '?')}")
     return StageRecord(stage.name, 0.0, None, True, detail, "", m.get("digest", ""))
+
+
+def _cached_stage(stage: Stage, ctx: RunContext, fingerprint: dict[str, Any], reasons: list[str], index: int,
+                  n_stages: int, held: contextlib.ExitStack, *, forced: bool) -> StageRecord:
+    """Run or reuse a stage that lives in the stage cache, holding its lock until the run ends.
+
+    Its folder is known only now when an upstream stage ran in this run. A stage planned to run
+    is looked at again once its lock is held: another run may have computed it meanwhile.
+    """
+    folder = _cache_folder(ctx, stage, fingerprint)
+    ctx.stage_dirs[stage.name] = folder
+    expected = _expected(stage, ctx, fingerprint)
+    lock = _StageLock(folder, exclusive=bool(reasons))
+    held.callback(lock.close)
+    if not forced:
+        manifest = read_manifest(folder)
+        if not compare(manifest, expected, folder):
+            assert manifest is not None
+            ctx.manifests[stage.name] = manifest
+            lock.share()
+            return _reuse_stage(stage, ctx, index, n_stages)
+        if not reasons:  # removed between planning and now: compute it after all
+            lock.close()
+            lock = _StageLock(folder, exclusive=True)
+            held.callback(lock.close)
+            reasons = ["its cached folder was removed"]
+    record = _run_stage(stage, ctx, expected, reasons, index, n_stages)
+    lock.share()
+    return record
 
 
 # -- housekeeping ----------------------------------------------------------------------------------
@@ -344,6 +423,66 @@ def _lock(out: Path) -> Iterator[None]:
         fh.close()
 
 
+class _StageLock:
+    """``flock`` on ``<stage folder>.lock``: exclusive while the stage is computed, shared while
+    a run uses it (:func:`remove_unused_stages` takes it exclusively without waiting)."""
+
+    def __init__(self, folder: Path, *, exclusive: bool) -> None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(folder.with_name(folder.name + ".lock"), "a+")
+        self.exclusive = exclusive
+        self._flock(exclusive)
+
+    def _flock(self, exclusive: bool) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks
+            return
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+
+    def share(self) -> None:
+        """Keep holding the lock, shared (the stage is finished; others may use it too)."""
+        if self.exclusive:
+            self._flock(False)
+            self.exclusive = False
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def remove_unused_stages(stage_cache: str | os.PathLike[str], keep: Sequence[str | os.PathLike[str]] = ()
+                         ) -> list[Path]:
+    """Delete the stage folders of ``stage_cache`` not in ``keep`` and not in use by a run.
+
+    A folder a run holds (its lock taken, shared or exclusive) is left alone, and so are the
+    folders in ``keep`` (the stages some batch item still refers to). Returns the removed
+    folders. Left-over ``*.partial`` folders of killed runs go too.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None  # type: ignore[assignment]
+    root = Path(stage_cache)
+    kept = {Path(k).absolute() for k in keep}
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for stage_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+            base = folder.with_name(folder.name.removesuffix(PARTIAL))
+            if base.absolute() in kept and folder == base:
+                continue
+            with open(base.with_name(base.name + ".lock"), "a+") as fh:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # a run is using or computing it
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+    return removed
+
+
 def _clear_results(out: Path) -> None:
     """Remove the results of an earlier run (and temporaries a killed run left)."""
     for name in (RESULTS_FILE, NWB_FILE):
@@ -374,7 +513,7 @@ def run(
     fr: float | None = None,
     radius: float | Sequence[float] | None = None,
     decay_time: float | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     motion: bool = True,
     force: bool = False,
     from_stage: str | None = None,
@@ -384,6 +523,9 @@ def run(
     progress: bool = True,
     truth: Mapping[str, Any] | Callable[[Any], Mapping[str, Any]] | None = None,
     debug: bool = False,
+    stage_cache: str | os.PathLike[str] | None = None,
+    until: str | None = None,
+    movie_root: str | os.PathLike[str] | None = None,
 ) -> RunResult:
     """Run the whole pipeline on a movie: motion correction → summary images → CNMF → quality
     tests → (refit) → deconvolution and ΔF/F → results file, report (and NWB).
@@ -403,6 +545,8 @@ def run(
     engine
         :class:`~somascope.parallel.Engine`, ``"local"`` (a Dask cluster on this machine),
         ``"serial"``/None (this process) or a scheduler address; started only if a stage runs.
+        An :class:`~somascope.pipeline.resources.EngineHandle` is used as is and left open (the
+        batch manager's, shared by its items).
     workers
         Worker processes for ``engine="local"`` (default: one per core).
     fr, radius, decay_time
@@ -410,7 +554,9 @@ def run(
         they override the parameters. The frame rate is taken from ``fr``, else the parameters
         (if they set it), else the movie's metadata; if none has it the run is refused.
     overrides
-        Further parameter values (flat, dotted or CaImAn keys), applied last.
+        Further parameter values (flat, dotted, CaImAn or Mesmerize keys), applied last; or a
+        sequence of such dicts applied one after the other (a batch item's parameters on top of
+        its motion-correction item's).
     motion
         Motion-correct; False copies the movie into the Store as it is.
     force, from_stage
@@ -436,6 +582,17 @@ def run(
         (true footprints must be moved to the frame of the motion template).
     debug
         Also log DEBUG messages to ``OUT/run.log``.
+    stage_cache
+        A folder shared by several runs (the batch manager's): every stage but ``results``
+        lives there under a key of its inputs and parameters, so runs of the same movie with
+        other parameters reuse the stages they share (module docstring).
+    movie_root
+        A folder the movie's identity is recorded relative to (a batch's raw-data root): the
+        stages stay valid when the data move with it.
+    until
+        Stop after this stage (one of :data:`~somascope.pipeline.stages.STAGE_NAMES`, e.g.
+        ``"summary"`` for motion correction alone); no results file is written unless it is
+        ``"results"``.
 
     Returns
     -------
@@ -449,6 +606,10 @@ def run(
     """
     if from_stage is not None and from_stage not in STAGE_NAMES:
         raise PipelineError(f"unknown stage {from_stage!r} for --from. Fix: use one of {', '.join(STAGE_NAMES)}.")
+    if until is not None and until not in STAGE_NAMES:
+        raise PipelineError(f"unknown stage {until!r} for until. Fix: use one of {', '.join(STAGE_NAMES)}.")
+    if until == "results":
+        until = None
     t_start = time.perf_counter()
     meta, nwb_warnings = check_nwb_metadata(nwb_metadata, nwb=nwb, dandi=dandi)
     nwb = bool(nwb or dandi or meta is not None)
@@ -457,19 +618,24 @@ def run(
     prepared.warnings.extend(nwb_warnings)
     out_path = prepared.out
     out_path.mkdir(parents=True, exist_ok=True)
-    handle = EngineHandle(engine, workers)
+    shared = isinstance(engine, EngineHandle)  # a batch's engine, started once for all its items
+    handle = engine if shared else EngineHandle(engine, workers)
     ctx = RunContext(movie=prepared.movie, params=prepared.params, out=out_path, engine=handle, motion=motion,
-                     nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info(), nwb_metadata=meta)
+                     nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info(), nwb_metadata=meta,
+                     stage_cache=None if stage_cache is None else Path(stage_cache).expanduser().absolute(),
+                     movie_root=None if movie_root is None else Path(movie_root).expanduser().absolute())
     try:
         with _lock(out_path), _run_log(out_path, debug):
-            return _run(ctx, prepared, force=force, from_stage=from_stage, t_start=t_start)
+            return _run(ctx, prepared, force=force, from_stage=from_stage, until=until, t_start=t_start)
     finally:
-        handle.close()
+        if not shared:
+            handle.close()
         if prepared.movie is not movie:  # opened here from a path: release its files
             prepared.movie.close()
 
 
-def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | None, t_start: float) -> RunResult:
+def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | None, until: str | None,
+         t_start: float) -> RunResult:
     from .manifest import movie_fingerprint
 
     log.info("=== somascope run: %s → %s", ctx.movie_info["path"], ctx.out)
@@ -477,8 +643,8 @@ def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | 
         log.info("movie %s: %s", key, value)
     for message in prepared.warnings:
         log.warning(message)
-    fingerprint = movie_fingerprint(ctx.movie)
-    reasons = plan(ctx, fingerprint, force=force, from_stage=from_stage)
+    fingerprint = movie_fingerprint(ctx.movie, ctx.movie_root)
+    reasons = plan(ctx, fingerprint, force=force, from_stage=from_stage, until=until)
     estimate = estimate_resources(ctx.shape, ctx.params, workers=ctx.engine.planned_workers, motion=ctx.motion,
                                   store_needed=bool(reasons["motion"]),
                                   whole_fov_fit=_whole_fov_fit(ctx.params, ctx.shape[1:]))
@@ -489,24 +655,33 @@ def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | 
     ctx.params.save(ctx.out / PARAMS_FILE)
     if any(reasons.values()):
         _clear_results(ctx.out)
-    for i, stage in enumerate(STAGES, start=1):
-        if reasons[stage.name]:
-            expected = _expected(stage, ctx, fingerprint)
-            record = _run_stage(stage, ctx, expected, reasons[stage.name], i)
-        else:
-            record = _reuse_stage(stage, ctx, i)
-        ctx.records.append(record)
-    est = ctx.estimates("results")  # in memory when the results stage ran
-    if est is None:
-        from ..cnmf.estimates import Estimates
+    stages = _stages_until(until)
+    first_forced = 0 if force else (STAGE_NAMES.index(from_stage) if from_stage else len(STAGES))
+    with contextlib.ExitStack() as held:
+        for i, stage in enumerate(stages, start=1):
+            if ctx.cached(stage.name):
+                record = _cached_stage(stage, ctx, fingerprint, reasons[stage.name], i, len(stages), held,
+                                       forced=i - 1 >= first_forced)
+            elif reasons[stage.name]:
+                expected = _expected(stage, ctx, fingerprint)
+                record = _run_stage(stage, ctx, expected, reasons[stage.name], i, len(stages))
+            else:
+                record = _reuse_stage(stage, ctx, i, len(stages))
+            ctx.records.append(record)
+    est = None
+    if until is None:
+        est = ctx.estimates("results")  # in memory when the results stage ran
+        if est is None:
+            from ..cnmf.estimates import Estimates
 
-        est = Estimates.load(ctx.out / RESULTS_FILE)
+            est = Estimates.load(ctx.out / RESULTS_FILE)
     report = ctx.out / REPORT_DIR / "report.html"
-    result = RunResult(out=ctx.out, results_path=ctx.out / RESULTS_FILE,
+    result = RunResult(out=ctx.out, results_path=ctx.out / RESULTS_FILE if until is None else None,
                        report_path=report if report.exists() else None,
                        nwb_path=ctx.out / NWB_FILE if (ctx.out / NWB_FILE).exists() else None,
                        estimates=est, params=ctx.params, stages=list(ctx.records), movie_info=ctx.movie_info,
-                       estimate=estimate, seconds=time.perf_counter() - t_start)
+                       estimate=estimate, seconds=time.perf_counter() - t_start,
+                       stage_dirs={s.name: ctx.folder(s.name) for s in stages})
     log.info("run finished in %.1f s:\n%s", result.seconds, result.table())
     if ctx.progress:
         print(result.table(), flush=True)
