@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,29 +99,45 @@ class PeakMemory:
 class EngineHandle:
     """The run's :class:`~somascope.parallel.Engine`, started on first use.
 
-    ``spec`` is an Engine (used as is, never closed here), ``None``/``"serial"``, ``"local"``
-    or a scheduler address; ``n_workers`` applies to ``"local"``.
+    ``spec`` is an Engine (used as is, never closed here), ``None``/``"serial"``, ``"local"``, a
+    batch system (``"slurm"``, ``"pbs"``, … of :data:`~somascope.parallel.BATCH_SYSTEMS`), a
+    scheduler address, or a Dask cluster object; ``n_workers`` is the local cluster's worker
+    processes, or a batch system's jobs; ``cluster_kwargs`` are a batch system's job settings
+    (``cores``, ``memory``, ``queue``…; the rest from ~/.config/dask/jobqueue.yaml).
     """
 
-    def __init__(self, spec: Any = None, n_workers: int | None = None) -> None:
+    def __init__(self, spec: Any = None, n_workers: int | None = None,
+                 cluster_kwargs: Mapping[str, Any] | None = None) -> None:
         self.spec = "serial" if spec is None else spec
         self.n_workers = n_workers
+        self.cluster_kwargs = dict(cluster_kwargs) if cluster_kwargs is not None else None
         self._engine: Any = None
         self._owned = False
 
     @property
     def kind(self) -> str:
-        """``"serial"``, ``"local"`` or ``"remote"`` (``"client"`` for a given Engine's client)."""
+        """``"serial"``, ``"local"``, ``"jobqueue"`` (a batch system or a dask-jobqueue cluster),
+        ``"cluster"`` (another Dask cluster object) or ``"remote"`` (``"client"`` for a given
+        Engine's client)."""
+        from ..parallel import is_batch_system
+
         if self._engine is not None:
             return str(self._engine.kind)
         spec = self.spec
         if hasattr(spec, "kind"):
             return str(spec.kind)
+        if is_batch_system(spec):
+            return "jobqueue"
+        if hasattr(spec, "scheduler_address") and hasattr(spec, "scale"):
+            return "jobqueue" if hasattr(spec, "job_cls") else "cluster"
         return spec if spec in ("serial", "local") else "remote"
 
     @property
     def planned_workers(self) -> int:
-        """Worker processes the engine has or will have (1 for serial; remote: unknown → 1)."""
+        """Worker processes the engine has or will have (1 for serial; a batch system: jobs
+        (default 1) × worker processes per job; remote: unknown → 1)."""
+        from ..parallel import is_batch_system, processes_per_job
+
         if self._engine is not None:
             return int(self._engine.n_workers)
         if hasattr(self.spec, "n_workers"):
@@ -129,6 +146,8 @@ class EngineHandle:
             from ..parallel import available_cores
 
             return int(self.n_workers or available_cores())
+        if is_batch_system(self.spec):
+            return int(self.n_workers or 1) * processes_per_job(self.spec, self.cluster_kwargs)
         return 1
 
     def get(self) -> Any:
@@ -139,7 +158,7 @@ class EngineHandle:
             if isinstance(self.spec, Engine):
                 self._engine = self.spec
             else:
-                self._engine = Engine(self.spec, n_workers=self.n_workers)
+                self._engine = Engine(self.spec, n_workers=self.n_workers, cluster_kwargs=self.cluster_kwargs)
                 self._owned = True
         return self._engine
 
