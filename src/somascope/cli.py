@@ -260,9 +260,15 @@ def _parse_set(items: Sequence[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set quality.min_SNR=3")
         try:
-            out[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ValueError(f"--set {item!r}: cannot read the value ({exc}).") from None
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
     return out
 
 
@@ -318,6 +324,52 @@ def _nwb_metadata(args: argparse.Namespace) -> Any:
     return NWBMetadata.from_sources(args.nwb_metadata, flags, flags=True)
 
 
+def _cluster_config(args: argparse.Namespace) -> Any:
+    """A context in which ``--cluster-config FILE`` (a YAML/JSON mapping of job settings: cores,
+    memory, queue, walltime…) is Dask's ``jobqueue.<system>`` config, as if it were in
+    ~/.config/dask/jobqueue.yaml; a no-op without the option. With a batch system, checks first
+    that dask-jobqueue is installed."""
+    import contextlib
+
+    from .parallel import BATCH_SYSTEMS, cluster_config, is_batch_system, jobqueue_class
+
+    if is_batch_system(args.scheduler):
+        try:  # before any work: dask-jobqueue is an optional dependency
+            jobqueue_class(args.scheduler)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+    path = getattr(args, "cluster_config", None)
+    if path is None:
+        return contextlib.nullcontext()
+    if not is_batch_system(args.scheduler):
+        raise ValueError(f"--cluster-config applies to a batch system; give --scheduler one of "
+                         f"{', '.join(BATCH_SYSTEMS)} (got {args.scheduler!r}).")
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--cluster-config {path}: not YAML/JSON ({' '.join(str(exc).split())}).") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"--cluster-config {path}: expected a mapping of job settings such as "
+                         "'cores: 8', 'memory: 32GB', 'queue: normal', 'walltime: \"04:00:00\"'.")
+    return cluster_config(args.scheduler, settings)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """``--scheduler``, ``--workers``, ``--cluster-config``: where the work runs."""
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (Dask cluster on this machine, default), 'serial', a batch system "
+                        "(slurm, pbs, sge, lsf, htcondor, moab, oar: workers as batch jobs, via dask-jobqueue; "
+                        "docs/cluster.md), or a scheduler address")
+    p.add_argument("--workers", type=int,
+                   help="worker processes of the local cluster (default: one per core); with a batch system, "
+                        "jobs to submit (default 1)")
+    p.add_argument("--cluster-config", type=Path, metavar="FILE",
+                   help="batch system: YAML/JSON file of job settings (cores, memory, queue, account, walltime, "
+                        "job_extra_directives, …); the rest from ~/.config/dask/jobqueue.yaml")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
 
@@ -326,12 +378,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     radius: Any = None
     if args.radius:
         radius = args.radius[0] if len(args.radius) == 1 else tuple(args.radius)
-    result = run(
-        movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
-        radius=radius, decay_time=args.decay_time, overrides=_run_overrides(args), motion=not args.no_motion,
-        force=args.force, from_stage=args.from_stage, nwb=args.nwb, nwb_metadata=_nwb_metadata(args),
-        dandi=args.dandi, progress=not args.quiet, debug=args.debug,
-    )
+    with _cluster_config(args):
+        result = run(
+            movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
+            radius=radius, decay_time=args.decay_time, overrides=_run_overrides(args), motion=not args.no_motion,
+            force=args.force, from_stage=args.from_stage, nwb=args.nwb, nwb_metadata=_nwb_metadata(args),
+            dandi=args.dandi, progress=not args.quiet, debug=args.debug,
+        )
     est = result.estimates
     written = [p for p in (result.results_path, result.report_path, result.nwb_path) if p is not None]
     print(f"{est.K} components, {est.accepted_indices.size} accepted; wrote " + ", ".join(map(str, written)))
@@ -425,9 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeds, high-pass motion estimation (data.is_1p)")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction (the movie is already registered)")
     _add_pw_rigid_arg(p)
-    p.add_argument("--scheduler", default="local",
-                   help="'local' (Dask cluster on this machine, default), 'serial', or a scheduler address")
-    p.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")
+    add_engine_args(p)
     p.add_argument("--force", action="store_true", help="run every stage again")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="run again from this stage on: motion, summary, background, cnmf, quality, refit, traces, results")
@@ -441,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="'serial', 'local' or a scheduler address (default: serial with --quick, else local)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("batch", help="the batch manager: movies × parameter variants, run, compared, kept",
+                       description="Manage a batch of items (movie × algorithm × parameters) in one folder: add "
+                                   "items and parameter grids, run them on one engine, compare and keep results. "
+                                   "Items of one movie share the stages they have in common. Guide: docs/batch.md.")
+    from .cli_batch import add_batch_commands
+
+    add_batch_commands(p, common)
     return parser
 
 
