@@ -31,20 +31,8 @@ _DETAIL = re.compile(r"^(\d+) components, (\d+) accepted$")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _quick_report() -> Any:
-    """A stub for the HTML report (5–8 s an item here; tested in test_pipeline/test_report): the
-    items' runs are what these tests are about."""
-    import somascope.report
-
-    def stub(folder: Any, **kwargs: Any) -> Path:
-        path = Path(folder) / "report.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"<html>{kwargs['estimates'].K} components</html>")
-        return path
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(somascope.report, "write_run_report", stub)
-        yield
+def _stub_report(_quick_report: None) -> None:
+    """The HTML report is stubbed (conftest): the items' runs are what these tests are about."""
 
 
 @pytest.fixture(scope="module")

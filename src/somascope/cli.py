@@ -391,6 +391,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import serve
+
+    server = serve(args.paths, port=args.port, open_browser=not args.no_browser)
+    names = ", ".join(f"{s.sid}: {s.where.name} ({s.K} components)" for s in server.sources)
+    print(f"somascope view: {names}\nopen {server.url}\n(Ctrl-C stops the viewer)", flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        print("somascope view: stopped", file=sys.stderr)
+    finally:
+        server.stop()
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -492,6 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None,
                    help="'serial', 'local' or a scheduler address (default: serial with --quick, else local)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("view", help="look at results in the browser: contours, traces, movie; accept / reject",
+                       description="A local web viewer (127.0.0.1, a random token in the URL) of one or more "
+                                   "results: a somascope run folder, a results .h5 file, or BATCH_FOLDER::ITEM. "
+                                   "Manual accept/reject decisions are saved into the results file and "
+                                   "OUT/curation.json. Two results give the compare view.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run folder, results .h5 file, or BATCH_FOLDER::ITEM")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
+    p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("batch", help="the batch manager: movies × parameter variants, run, compared, kept",
                        description="Manage a batch of items (movie × algorithm × parameters) in one folder: add "

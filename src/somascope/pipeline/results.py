@@ -15,7 +15,9 @@ Layout (``docs/results-schema.md``, "Pipeline results file"):
   ``max_corr``, …); attribute ``n_frames``;
 - ``/params``: attribute ``json``, the full parameters (``Params.to_dict``);
 - ``/stages/<name>``: attributes ``seconds``, ``peak_rss_bytes`` (-1: unknown), ``reused``,
-  ``detail``, ``digest`` of each stage before ``results``.
+  ``detail``, ``digest`` of each stage before ``results``;
+- ``/curation`` (only with a manual curation, ``OUT/curation.json``, re-applied here):
+  datasets ``json`` and ``auto_idx_components`` (:mod:`somascope.curation`).
 """
 
 from __future__ import annotations
@@ -63,8 +65,11 @@ def _json(obj: Any) -> str:
 
 
 def write_results_file(path: Path, est: Any, *, motion: Any, summary: Any, params: Any,
-                       stages: list[dict[str, Any]], movie_info: dict[str, Any]) -> Path:
-    """Write the pipeline results file at ``path`` atomically (layout in the module docstring)."""
+                       stages: list[dict[str, Any]], movie_info: dict[str, Any], curation: Any = None) -> Path:
+    """Write the pipeline results file at ``path`` atomically (layout in the module docstring).
+
+    ``curation``: ``(state, auto_idx)`` of a manual curation already applied to ``est``, written
+    as the ``/curation`` group (:func:`somascope.curation.write_curation_group`)."""
     import h5py
 
     from ..cnmf.estimates import write_estimates
@@ -108,6 +113,10 @@ def write_results_file(path: Path, est: Any, *, motion: Any, summary: Any, param
             g.attrs["reused"] = bool(rec.get("reused"))
             g.attrs["detail"] = str(rec.get("detail", ""))
             g.attrs["digest"] = str(rec.get("digest", ""))
+        if curation is not None:
+            from ..curation import write_curation_group
+
+            write_curation_group(fh, curation[0], curation[1], est.K)
     return path
 
 
@@ -164,6 +173,10 @@ def write_results(ctx: Any, folder: Path) -> Any:
         pipeline["nwb_metadata"] = meta.to_dict()
     est = dataclasses.replace(est, params=ctx.params.to_dict(),
                               provenance={**(est.provenance or {}), "pipeline": pipeline})
+    # a person's decisions (OUT/curation.json, somascope view) hold over a new automatic split
+    from ..curation import reapply_for_results
+
+    est, curation = reapply_for_results(ctx.out, est)
     motion = ctx.motion_result()
     summary = ctx.summary()
     records = ctx.records_for_report()
@@ -181,10 +194,12 @@ def write_results(ctx: Any, folder: Path) -> Any:
         outputs.append(NWB_FILE)
     # last: a results file exists only when everything before it (report, NWB) was written
     write_results_file(ctx.out / RESULTS_FILE, est, motion=motion, summary=summary, params=ctx.params,
-                       stages=records, movie_info=movie_info)
+                       stages=records, movie_info=movie_info, curation=curation)
     outputs.insert(0, RESULTS_FILE)
     accepted = est.accepted_indices.size
-    detail = f"{est.K} components ({accepted} accepted) → {RESULTS_FILE}" + (", " + NWB_FILE if ctx.nwb else "")
+    manual = f", {len(curation[0]['decisions'])} by hand" if curation is not None else ""
+    detail = (f"{est.K} components ({accepted} accepted{manual}) → {RESULTS_FILE}"
+              + (", " + NWB_FILE if ctx.nwb else ""))
     return Outcome(detail, outputs, {"estimates": est})
 
 
