@@ -406,6 +406,28 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Score RESULT_A against RESULT_B (the reference): matched, precision, recall, F1."""
+    from .io.masks import load_masks_pair
+    from .metrics import match_footprints
+
+    a, b = load_masks_pair(args.result_a, args.result_b, dims=args.dims, name=args.segmentation,
+                           all_components=args.all_components)
+    match = match_footprints(b.A, a.A, b.dims, max_distance=args.thresh_cost,
+                             max_centroid_distance=args.max_dist or None)
+    sides = {key: {"path": str(m.path), "kind": m.kind, "n": m.K} for key, m in (("a", a), ("b", b))}
+    summary = {**sides, "dims": list(b.dims), "thresh_cost": args.thresh_cost, "max_dist": args.max_dist,
+               "matched": match.tp, "precision": match.precision, "recall": match.recall, "f1": match.f1}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for label, side in (("A", a), ("B (reference)", b)):
+        print(f"{label:<14} {side.K:>6} masks  {side.kind:<9} {side.path}")
+    print(f"\n{'matched':>8} {'precision':>10} {'recall':>8} {'F1':>6}")
+    print(f"{match.tp:>8} {match.precision:>10.3f} {match.recall:>8.3f} {match.f1:>6.3f}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -518,6 +540,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
     p.set_defaults(func=cmd_view)
 
+    p = sub.add_parser("compare", help="precision / recall / F1 of one result or mask set against another",
+                       description="Score RESULT_A against RESULT_B, the reference (a consensus, manual ROIs, "
+                                   "another tool): footprints binarised, matched one to one by Jaccard distance "
+                                   "(Hungarian). Each side: a somascope run folder or results .h5, an ImageJ "
+                                   "RoiSet.zip/.roi, an NWB PlaneSegmentation, a label image or a K×H×W mask "
+                                   "stack (.tif/.npy/.png), or a suite2p plane folder. Guide: docs/compare.md.")
+    p.add_argument("result_a", type=Path, metavar="RESULT_A", help="the result scored")
+    p.add_argument("result_b", type=Path, metavar="RESULT_B", help="the reference")
+    p.add_argument("--dims", type=int, nargs=2, metavar=("H", "W"),
+                   help="field of view for ImageJ ROIs and NWB pixel masks (default: the other side's)")
+    p.add_argument("--thresh-cost", type=float, default=0.7,
+                   help="pairs with a Jaccard distance at or above this never match (default 0.7)")
+    p.add_argument("--max-dist", type=float, default=10.0,
+                   help="pairs whose centroids are farther apart (px) never match; 0: no limit (default 10)")
+    p.add_argument("--all-components", action="store_true",
+                   help="somascope, NWB and suite2p inputs: all components, not only the accepted ones")
+    p.add_argument("--segmentation", metavar="NAME", help="NWB inputs: the PlaneSegmentation (default: the first)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("batch", help="the batch manager: movies × parameter variants, run, compared, kept",
                        description="Manage a batch of items (movie × algorithm × parameters) in one folder: add "
                                    "items and parameter grids, run them on one engine, compare and keep results. "
@@ -525,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_batch import add_batch_commands
 
     add_batch_commands(p, common)
+    from .cli_multiday import add_register_command
+
+    add_register_command(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ connected group of matchable pairs: thousands of cells match in well under a sec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,10 @@ class Match:
         Jaccard distance of each matched pair's binary masks, in ``[0, max_distance)``.
     n_ref, n_est : int
         Number of reference and estimated components.
+    distance_matrix : ndarray of float, shape ``(n_ref, n_est)``, or None
+        With ``match_footprints(..., keep_distances=True)``: the Jaccard distance of every pair
+        of binary masks (1 where they do not overlap), before the ``max_distance`` and centroid
+        caps; None otherwise.
     """
 
     ref_idx: np.ndarray
@@ -54,6 +58,7 @@ class Match:
     distances: np.ndarray
     n_ref: int
     n_est: int
+    distance_matrix: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def tp(self) -> int:
@@ -106,6 +111,7 @@ def match_footprints(
     max_distance: float = 0.7,
     max_centroid_distance: float | None = 10.0,
     largest_piece: bool = False,
+    keep_distances: bool = False,
 ) -> Match:
     """Match estimated footprints to reference footprints (see the module docstring).
 
@@ -126,6 +132,8 @@ def match_footprints(
     largest_piece
         Keep only the largest connected piece of each binary mask (as CaImAn does, and as the
         ``dev_sim`` ground truth is scored: ``binarise_frac=0.2, largest_piece=True``).
+    keep_distances
+        Also return the dense ``n_ref × n_est`` Jaccard distance matrix (``Match.distance_matrix``).
 
     Returns
     -------
@@ -147,7 +155,8 @@ def match_footprints(
     n_ref, n_est = ref.shape[1], est.shape[1]
     empty = np.zeros(0, np.int64)
     if n_ref == 0 or n_est == 0:
-        return Match(empty, empty.copy(), np.zeros(0), n_ref, n_est)
+        full = np.ones((n_ref, n_est)) if keep_distances else None
+        return Match(empty, empty.copy(), np.zeros(0), n_ref, n_est, full)
 
     bin_ref = _binarise(ref, binarise_frac, dims_ref if largest_piece else None)
     bin_est = _binarise(est, binarise_frac, dims_est if largest_piece else None)
@@ -157,6 +166,10 @@ def match_footprints(
     overlap = (bin_ref.T @ bin_est).tocoo()
     rows, cols, inter = overlap.row, overlap.col, overlap.data
     distance = 1.0 - inter / (size_ref[rows] + size_est[cols] - inter)
+    full = None
+    if keep_distances:
+        full = np.ones((n_ref, n_est))
+        full[rows, cols] = np.where(inter > 0, distance, 1.0)
     ok = (inter > 0) & (distance < max_distance)
     if max_centroid_distance is not None:
         c_ref, c_est = _centroids(bin_ref, dims_ref), _centroids(bin_est, dims_est)
@@ -166,7 +179,7 @@ def match_footprints(
 
     ref_idx, est_idx, dist = _assign(rows, cols, distance, n_ref, n_est)
     order = np.argsort(ref_idx, kind="stable")
-    return Match(ref_idx[order], est_idx[order], dist[order], n_ref, n_est)
+    return Match(ref_idx[order], est_idx[order], dist[order], n_ref, n_est, full)
 
 
 def trace_correlation(C_ref: np.ndarray, C_est: np.ndarray, match: Match) -> np.ndarray:

@@ -243,9 +243,7 @@ class Batch:
         rows = db.select_items(self._con)
         if items is None:
             return rows
-        refs = [items] if isinstance(items, (str, int, Mapping)) or hasattr(items, "get") and not isinstance(
-            items, (list, tuple)) else list(items)
-        return [self._find(ref, rows) for ref in refs]
+        return [self._find(ref, rows) for ref in _refs(items)]
 
     def item(self, ref: Any) -> dict[str, Any]:
         """One item's row: ``ref`` is its uuid (or a unique prefix of ≥ 4 characters), its name
@@ -640,6 +638,20 @@ class Batch:
         parent = row["input"].get("item")
         layers = self._layers_of_new(pending[parent], pending) if parent in pending else []
         return layers + [row["params"], row["variant"]]
+
+
+def _refs(items: Any) -> list[Any]:
+    """Item references as a list: one reference (uuid, name, position, a row dict or a pandas
+    row), a DataFrame of items (its ``uuid`` column) or any iterable of references."""
+    if isinstance(items, (str, int, os.PathLike, Mapping)):
+        return [items]
+    columns = getattr(items, "columns", None)
+    if columns is not None and "uuid" in columns:  # a DataFrame of items
+        return list(items["uuid"])
+    index = getattr(items, "index", None)
+    if index is not None and not callable(index) and "uuid" in index:  # one row (a Series)
+        return [items]
+    return list(items)
 
 
 def _input_text(inp: Mapping[str, Any]) -> str:
