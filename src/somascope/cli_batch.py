@@ -396,9 +396,10 @@ def cmd_batch_import_mesmerize(args: argparse.Namespace) -> int:
     from .batch.mesmerize import read_mesmerize_batch
 
     with _open_batch(args) as batch:
-        uuids = batch.import_mesmerize(args.file, raw_data_root=args.raw_data_root)
+        specs = read_mesmerize_batch(args.file, raw_data_root=args.raw_data_root)
+        uuids = batch.import_mesmerize(specs, raw_data_root=args.raw_data_root)
         rows = {r["uuid"]: r for r in batch.rows()}
-        notes = {s.uuid: s.notes for s in read_mesmerize_batch(args.file, raw_data_root=args.raw_data_root)}
+        notes = {s.uuid: s.notes for s in specs}
         for uuid in uuids:
             r = rows[uuid]
             print(f"imported {_short_uuid(uuid)} {r['name']} ({r['algorithm']})")

@@ -296,14 +296,17 @@ class Batch:
             df[col] = pd.to_datetime(df[col], unit="s", utc=True)
         return df
 
-    def effective_layers(self, row: Mapping[str, Any], *, variant: bool = True) -> list[dict[str, Any]]:
+    def effective_layers(self, row: Mapping[str, Any], *, variant: bool = True,
+                         rows: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
         """The parameter dicts an item runs with, applied in order: those of its input item (if
         any, recursively), then its own ``params`` and (with ``variant``) ``variant``; ``cnmfe``
-        adds ``data.is_1p``."""
+        adds ``data.is_1p``. ``rows`` (uuid → row) looks input items up without reading the
+        batch again."""
         layers: list[dict[str, Any]] = []
         parent = row["input"].get("item")
         if parent:
-            layers += self.effective_layers(self.item(parent))
+            parent_row = rows[parent] if rows is not None else self.item(parent)
+            layers += self.effective_layers(parent_row, rows=rows)
         layers += [dict(row["params"] or {}), dict(row["variant"] or {}) if variant else {}]
         if row["algorithm"] == "cnmfe":
             layers.append({"data.is_1p": True})
@@ -513,10 +516,11 @@ class Batch:
         import pandas as pd
 
         rows = self.rows(items)
+        by_uuid = {r["uuid"]: r for r in db.select_items(self._con)}
         values = []
         for r in rows:
             merged: dict[str, Any] = {"algorithm": r["algorithm"]}
-            for layer in self.effective_layers(r):
+            for layer in self.effective_layers(r, rows=by_uuid):
                 merged.update({k: _hashable(v) for k, v in _dotted(layer).items()})
             values.append(merged)
         keys = sorted({k for v in values for k in v})
@@ -597,12 +601,17 @@ class Batch:
 
     # -- moving over from mesmerize -----------------------------------------------------------
     def import_mesmerize(self, source: Any, *, raw_data_root: str | os.PathLike[str] | None = None) -> list[str]:
-        """Add the items of a mesmerize-core batch (its ``.pickle`` file or DataFrame), keeping
-        their uuids, names, parameters and comments; a CNMF item made from a motion-correction
-        item's output is linked to that item. All are added in one transaction, queued."""
-        from .mesmerize import read_mesmerize_batch
+        """Add the items of a mesmerize-core batch (its ``.pickle`` file or DataFrame, or the
+        :class:`~somascope.batch.mesmerize.ItemSpec` list :func:`read_mesmerize_batch` made of
+        it), keeping their uuids, names, parameters and comments; a CNMF item made from a
+        motion-correction item's output is linked to that item. All are added in one
+        transaction, queued."""
+        from .mesmerize import ItemSpec, read_mesmerize_batch
 
-        specs = read_mesmerize_batch(source, raw_data_root=raw_data_root)
+        if isinstance(source, (list, tuple)) and all(isinstance(s, ItemSpec) for s in source):
+            specs = list(source)
+        else:
+            specs = read_mesmerize_batch(source, raw_data_root=raw_data_root)
         for spec in specs:
             for note in spec.notes:
                 log.info("mesmerize item %r: %s", spec.name, note)
@@ -619,7 +628,7 @@ class Batch:
                     raise BatchError(f"mesmerize item {spec.name!r} reads item {spec.input['item']}, which is not in "
                                      f"the batch being imported.")
                 algo = _check_algorithm(spec.algorithm)
-                _check_params([*self._layers_of_new(parent, added), spec.params])
+                _check_params([*self.effective_layers(parent, rows=added), spec.params])
                 row = {"uuid": spec.uuid, "name": spec.name, "algorithm": algo, "input": {"item": parent["uuid"]},
                        "params": dict(spec.params), "variant": {}, "status": "queued", "added": _now(),
                        "comments": spec.comments, "tags": {}}
@@ -633,11 +642,6 @@ class Batch:
             rows.append(row)
         db.insert_items(self._con, rows)
         return [r["uuid"] for r in rows]
-
-    def _layers_of_new(self, row: dict[str, Any], pending: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        parent = row["input"].get("item")
-        layers = self._layers_of_new(pending[parent], pending) if parent in pending else []
-        return layers + [row["params"], row["variant"]]
 
 
 def _refs(items: Any) -> list[Any]:

@@ -252,9 +252,26 @@
     footprints: "footprints (max)" };
 
   // ---------------------------------------------------------------------------------------------------------
+  // CanvasView: a view that redraws at most once per animation frame, however often it is asked
+
+  class CanvasView {
+    constructor() {
+      this.pending = false;
+    }
+
+    requestDraw() {
+      if (this.pending) return;
+      this.pending = true;
+      requestAnimationFrame(() => {
+        this.pending = false;
+        this.draw();
+      });
+    }
+  }
+
   // FieldView: a summary image with every component's contour; zoom, pan, hover, click, box and lasso
 
-  class FieldView {
+  class FieldView extends CanvasView {
     /**
      * host: {
      *   category(k) → style name or null (hidden),  styles: [[name, {color, width, dash}], …] (drawing order),
@@ -263,6 +280,7 @@
      * }
      */
     constructor(canvas, tooltip, host) {
+      super();
       this.canvas = canvas;
       this.ctx = canvas.getContext("2d");
       this.tooltip = tooltip;
@@ -277,7 +295,6 @@
       this.hover = -1;
       this.drag = null;
       this.drawnContours = 0;
-      this.pending = false;
       this.hitCtx = document.createElement("canvas").getContext("2d");
       this.listen();
       new ResizeObserver(() => {
@@ -302,15 +319,6 @@
     invalidate() {
       this.paths = null;
       this.requestDraw();
-    }
-
-    requestDraw() {
-      if (this.pending) return;
-      this.pending = true;
-      requestAnimationFrame(() => {
-        this.pending = false;
-        this.draw();
-      });
     }
 
     fit() {
@@ -591,8 +599,9 @@
     { name: "spikes", series: ["spikes"], weight: 0.22, bars: true },
   ];
 
-  class TraceView {
+  class TraceView extends CanvasView {
     constructor(canvas, host) {
+      super();
       this.canvas = canvas;
       this.ctx = canvas.getContext("2d");
       this.host = host; // {onFrameClick(t), frame() → current frame}
@@ -605,7 +614,6 @@
       this.data = null;
       this.request = 0;
       this.refetchTimer = null;
-      this.pending = false;
       this.listen();
       new ResizeObserver(() => this.requestDraw()).observe(canvas.parentElement);
     }
@@ -657,15 +665,6 @@
     scheduleFetch() {
       clearTimeout(this.refetchTimer);
       this.refetchTimer = setTimeout(() => this.fetch(), 150);
-    }
-
-    requestDraw() {
-      if (this.pending) return;
-      this.pending = true;
-      requestAnimationFrame(() => {
-        this.pending = false;
-        this.draw();
-      });
     }
 
     layout() {
