@@ -57,9 +57,9 @@ def run_somascope(movie: Path, out: Path, *, fr: float, radius: float) -> dict[s
 
 def score(A_est: Any, truth: Any, mean_image: np.ndarray) -> dict[str, Any]:
     """F1 of footprints ``A_est`` against the active true somata, after the frame offset."""
-    from peers.suite2p_peer import estimate_offset, shift_footprints
+    from peers.suite2p_peer import estimate_offset
 
-    from somascope.metrics import match_footprints
+    from somascope.metrics import match_footprints, shift_footprints
 
     extra = truth.extra
     keep = np.flatnonzero(np.asarray(extra["active"], bool) & np.asarray(extra["is_soma"], bool))

@@ -41,9 +41,9 @@ def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: A
     traces ``C``, ``K × T``; NaN without them), ``recall_all`` (every component, before the
     tool's own selection) and ``offset`` (px).
     """
-    from peers.suite2p_peer import estimate_offset, shift_footprints
+    from peers.suite2p_peer import estimate_offset
 
-    from somascope.metrics import match_footprints, trace_correlation
+    from somascope.metrics import match_footprints, shift_footprints, trace_correlation
 
     A_gt = np.asarray(gt["A"], np.float32)
     N, H, W = A_gt.shape

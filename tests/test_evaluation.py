@@ -133,7 +133,8 @@ def scene() -> dict:
 
 
 def test_rule_keeps_true_cells_and_rejects_injected_junk(scene: dict) -> None:
-    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False)  # the SNR / r-value rule alone
+    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False,  # the SNR / r-value rule alone
+                                use_cnn=False)
     ev = evaluate_components(scene["est"], scene["movie"], params)
     g = scene["groups"]
     accepted = np.isin(np.arange(ev.K), ev.idx_components)
@@ -207,8 +208,9 @@ def test_given_residuals_are_used_and_not_recomputed(scene: dict) -> None:
 def test_cnn_predictions_enter_the_rule_when_present(scene: dict) -> None:
     est, movie = scene["est"], scene["movie"]
     g = scene["groups"]
-    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False)
+    params = Params.from_neuron(5, fr=FR, decay_time=DECAY, use_ecc=False, use_cnn=False)
     plain = evaluate_components(est, movie, params)
+    params = params.replace(use_cnn=True)
     cell, junk = g["true"][0], g["noise"][0]
     assert cell in plain.idx_components and junk in plain.idx_components_bad
     cnn = np.full(est.K, 0.5)
@@ -515,8 +517,11 @@ def test_area_test_rejects_large_active_neuropil(tiny: dict) -> None:
     params = Params.from_neuron(TINY_RADIUS, fr=FR, decay_time=DECAY)
     ev = evaluate_components(est, with_blob, params)
     assert ev.idx_components.tolist() == [0, 1, 2, 3]
-    off = evaluate_components(est, with_blob, params.replace(use_area=False))
+    off = evaluate_components(est, with_blob, params.replace(use_area=False, use_cnn=False))
     assert 4 in off.idx_components  # a real signal, which only its size shows not to be a soma
+    shape = evaluate_components(est, with_blob, params.replace(use_area=False))
+    assert shape.cnn_preds[4] <= params.quality.cnn_lowest < shape.cnn_preds[:4].min()  # ... or its shape
+    assert shape.idx_components.tolist() == [0, 1, 2, 3]
 
 
 def test_select_components_truth_table() -> None:

@@ -192,7 +192,7 @@ def test_sources_list_every_result_with_what_it_has(server: Any, run_out: Path) 
     assert [s["has_movie"] for s in src] == [True, False, True, False]
     run0 = src[0]
     assert run0["dims"] == list(DIMS) and run0["K"] == est.K and run0["n_frames"] == 600 and run0["fr"] == 30.0
-    assert run0["is_1p"] is False and run0["metrics"] == ["snr", "r_value"]
+    assert run0["is_1p"] is False and run0["metrics"] == ["snr", "r_value", "cnn"]   # the classifier is on for 2p
     assert run0["images"][:4] == ["mean", "max", "corr", "max_corr"] and "footprints" in run0["images"]
     assert run0["path"] == str(run_out / "results.h5") and src[2]["name"] == "cn"
     assert Source(run_out / "results.h5").info()["kind"] == "run"  # a run's results.h5 brings its run folder
@@ -222,7 +222,9 @@ def test_components_have_one_contour_set_each_and_the_split(server: Any, run_out
         c["auto_accepted"]).tolist()
     assert c["manual"] == {} and c["notes"] == {}
     assert c["metrics"]["snr"] == pytest.approx(est.SNR_comp.tolist(), abs=1e-4)
-    assert c["thresholds"] == {"snr": res.params["quality"]["min_SNR"], "r_value": res.params["quality"]["rval_thr"]}
+    q = res.params["quality"]
+    assert c["thresholds"] == {"snr": q["min_SNR"], "r_value": q["rval_thr"], "cnn": q["min_cnn_thr"]}
+    assert c["metrics"]["cnn"] == pytest.approx(est.cnn_preds.tolist(), abs=1e-4)
     for k, lines in enumerate(c["contours"]):
         assert lines, f"component {k} has no contour"
         pts = np.concatenate([np.asarray(line) for line in lines])

@@ -219,37 +219,6 @@ def offset_from_shifts(true_shifts: np.ndarray, yoff: np.ndarray, xoff: np.ndarr
     return np.median(np.asarray(true_shifts, float) - own, axis=0)
 
 
-def shift_footprints(A: Any, dims: Sequence[int], shift: Sequence[float]) -> Any:
-    """Footprints displaced by ``shift`` (``(dy, dx)`` px): column k of the result is
-    ``A_k(p - shift)`` (linear interpolation, zero outside the frame); csc ``pixels × K``.
-    Each footprint is shifted inside its own padded bounding box, so this is fast."""
-    import scipy.sparse as sp
-    from scipy import ndimage
-
-    A = sp.csc_matrix(A)
-    H, W = (int(d) for d in dims)
-    dy, dx = (float(s) for s in shift)
-    pad = int(np.ceil(max(abs(dy), abs(dx)))) + 1
-    data, indices, indptr = [], [], [0]
-    for k in range(A.shape[1]):
-        lo, hi = A.indptr[k], A.indptr[k + 1]
-        rows, cols = np.divmod(A.indices[lo:hi], W)
-        if rows.size == 0:
-            indptr.append(indptr[-1])
-            continue
-        y0, x0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
-        y1, x1 = min(rows.max() + pad + 1, H), min(cols.max() + pad + 1, W)
-        box = np.zeros((y1 - y0, x1 - x0), np.float32)
-        box[rows - y0, cols - x0] = A.data[lo:hi]
-        moved = ndimage.shift(box, (dy, dx), order=1, mode="constant", cval=0.0)
-        yy, xx = np.nonzero(moved > 0)
-        data.append(moved[yy, xx])
-        indices.append(((yy + y0) * W + xx + x0).astype(np.int64))
-        indptr.append(indptr[-1] + yy.size)
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
-    return sp.csc_matrix((cat(data, np.float32), cat(indices, np.int64), np.asarray(indptr)), shape=A.shape)
-
-
 def score_suite2p(result: dict[str, Any], truth: Any, *, offset: Sequence[float] | None = None) -> dict[str, Any]:
     """F1 of suite2p's ROIs classified as cells against the active true somata.
 
@@ -265,7 +234,7 @@ def score_suite2p(result: dict[str, Any], truth: Any, *, offset: Sequence[float]
     rigid true shifts) and ``match`` (the :class:`somascope.metrics.Match`).
     """
     from somascope.cnmf.estimates import Estimates
-    from somascope.metrics import match_footprints
+    from somascope.metrics import match_footprints, shift_footprints
 
     est = truth if isinstance(truth, Estimates) else Estimates.load(truth)
     dims = tuple(est.dims)

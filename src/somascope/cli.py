@@ -428,6 +428,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    """Fine-tune (or train) the shape classifier on the accept/reject split of pipeline results."""
+    from .evaluation.classifier.train import require_torch, train_from_results
+
+    try:  # before any work: PyTorch is an optional dependency (somascope[train])
+        require_torch()
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    result = train_from_results(args.results, args.out, init=args.init, epochs=args.epochs,
+                                manual_only=args.manual_only, seed=args.seed)
+    card = result.weights.card
+    print(f"trained on {card['n_examples']} examples ({card['n_soma']} somata, {card['n_not']} not) from "
+          f"{len(args.results)} file(s), {card['epochs']} epochs, best epoch {result.best_epoch + 1}; wrote {args.out}. "
+          f"Use it: somascope run … --set quality.cnn_weights={args.out}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -559,6 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation", metavar="NAME", help="NWB inputs: the PlaneSegmentation (default: the first)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("train-classifier", help="fine-tune the shape classifier on your runs' accepted / rejected "
+                                                "components (needs PyTorch: somascope[train])",
+                       description="Train the shape classifier (quality.use_cnn) on the components of one or more "
+                                   "runs: accepted components are the somata, rejected ones the rest (with "
+                                   "--manual-only, only the components decided by hand in somascope view). Starts "
+                                   "from --init, else from the weights shipped for the runs' modality (else from "
+                                   "scratch), and writes a weights file to give as --set quality.cnn_weights=PATH. "
+                                   "Needs PyTorch: pip install 'somascope[train]'.")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULTS",
+                   help="results .h5 files or run folders of 'somascope run', all one- or all two-photon")
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
+    p.add_argument("--init", type=Path, metavar="WEIGHTS",
+                   help="weights .npz to start from (default: the shipped weights for the modality)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the examples (default 10)")
+    p.add_argument("--manual-only", action="store_true",
+                   help="learn only from the components accepted or rejected by hand (somascope view)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and the training (default 0)")
+    p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser("batch", help="the batch manager: movies × parameter variants, run, compared, kept",
                        description="Manage a batch of items (movie × algorithm × parameters) in one folder: add "

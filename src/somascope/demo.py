@@ -101,20 +101,9 @@ def true_footprints(sim: Any, motion: Any) -> Any:
 
         return sparse.csc_matrix(sim.A)
     offset = np.median(np.asarray(sim.shifts) - np.asarray(motion.shifts), axis=0)
+    from .metrics import shift_footprints
+
     return shift_footprints(sim.A, tuple(sim.dims), offset)
-
-
-def shift_footprints(A: Any, dims: tuple[int, ...], offset: np.ndarray) -> Any:
-    """Footprints (pixels×K) moved by ``offset`` px (linear interpolation), as CSC."""
-    from scipy import ndimage, sparse
-
-    A = sparse.csc_matrix(A)
-    cols = []
-    for k in range(A.shape[1]):
-        img = A[:, k].toarray().reshape(dims)
-        moved = ndimage.shift(img, offset, order=1, mode="constant")
-        cols.append(sparse.csc_matrix(moved.reshape(-1, 1)))
-    return sparse.hstack(cols, format="csc") if cols else A
 
 
 def _score(out: Path, sim: Any, somata: np.ndarray, result: Any, truth: Any) -> DemoResult:

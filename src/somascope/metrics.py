@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["MASK_FRAC", "Match", "binarise_footprints", "match_footprints", "peak_snr", "trace_correlation"]
+__all__ = ["MASK_FRAC", "Match", "binarise_footprints", "match_footprints", "peak_snr", "shift_footprints",
+           "trace_correlation"]
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,39 @@ def binarise_footprints(A: Any, dims: Sequence[int] | None = None, frac: float =
     if shape is not None and M.shape[0] != int(np.prod(shape)):
         raise ValueError(f"A has {M.shape[0]} rows but dims={shape} has {int(np.prod(shape))} pixels.")
     return _binarise(M, frac, shape if largest_piece else None)
+
+
+def shift_footprints(A: Any, dims: Sequence[int], shift: Sequence[float]) -> sp.csc_matrix:
+    """Footprints displaced by ``shift`` (``(dy, dx)`` px): column k of the result is
+    ``A_k(p - shift)`` (linear interpolation, zero outside the frame); CSC ``pixels × K``
+    float32. Each footprint is shifted inside its own padded bounding box, so the cost follows
+    the footprints' sizes, not the frame's. Used to bring a ground truth drawn motion-free into
+    the frame of a motion-corrected movie before matching."""
+    from scipy import ndimage
+
+    A = sp.csc_matrix(A)
+    A.sort_indices()
+    H, W = (int(d) for d in dims)
+    dy, dx = (float(s) for s in shift)
+    pad = int(np.ceil(max(abs(dy), abs(dx)))) + 1
+    data, indices, indptr = [], [], [0]
+    for k in range(A.shape[1]):
+        lo, hi = A.indptr[k], A.indptr[k + 1]
+        rows, cols = np.divmod(A.indices[lo:hi], W)
+        if rows.size == 0:
+            indptr.append(indptr[-1])
+            continue
+        y0, x0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
+        y1, x1 = min(rows.max() + pad + 1, H), min(cols.max() + pad + 1, W)
+        box = np.zeros((y1 - y0, x1 - x0), np.float32)
+        box[rows - y0, cols - x0] = A.data[lo:hi]
+        moved = ndimage.shift(box, (dy, dx), order=1, mode="constant", cval=0.0)
+        yy, xx = np.nonzero(moved > 0)
+        data.append(moved[yy, xx])
+        indices.append(((yy + y0) * W + xx + x0).astype(np.int64))
+        indptr.append(indptr[-1] + yy.size)
+    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
+    return sp.csc_matrix((cat(data, np.float32), cat(indices, np.int64), np.asarray(indptr)), shape=A.shape)
 
 
 def peak_snr(

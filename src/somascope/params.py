@@ -60,6 +60,10 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   One-photon: ``min_SNR`` 1.5, ``rval_thr`` 0.6, ``min_area_ratio`` 0.35 — the traces of a
   micro-endoscope's cells keep more of the background's noise, so true cells score lower;
   chosen on the one-photon family and ``dev_sim/dev_1p`` (docs/one-photon.md).
+* ``quality.use_cnn`` = two-photon and 2-D (the shape classifier's shipped weights are
+  two-photon; one-photon and volumes: off, as in CaImAn); ``min_cnn_thr`` 0.7 (CaImAn: 0.9),
+  ``cnn_lowest`` 0.1 — chosen on held-out simulations, the hard family and ``dev_sim/dev_2p``
+  (docs/classifier.md).
 * ``deconvolution.bas_nonneg`` is off: a CNMF trace's baseline is whatever the background
   and the footprint's constant leave, often negative; constraining it to ≥ 0 zeroes the
   traces of real cells (8 % of them on a simulated 512×512 movie).
@@ -684,11 +688,16 @@ class QualityParams(_Group):
         rval_thr: spatial consistency (correlation of footprint and data during transients)
             to accept, in [-1, 1].
         rval_lowest: spatial consistency below which a component is rejected; ≤ rval_thr.
-        use_cnn: use the shape classifier.
+        use_cnn: use the shape classifier (``somascope.evaluation.classifier``): its
+            probability that a footprint is a soma is ``cnn_preds``. Two-dimensional data
+            only; skipped (with a log line) where no weights exist for the modality.
         min_cnn_thr: classifier score to accept, in [0, 1].
         cnn_lowest: classifier score below which a component is rejected; ≤ min_cnn_thr.
-        gSig_range: neuron sizes (px) at which the classifier is evaluated (scale
-            invariance); None: only init.gSig.
+        cnn_weights: a weights file (``.npz``, ``somascope train-classifier``); None: the
+            weights shipped for the modality (``data.is_1p``).
+        gSig_range: neuron sizes (in units of ``init.gSig``, px) at which the classifier looks
+            at each footprint, keeping the highest score (fields whose cells vary in size);
+            None: only ``init.gSig``.
         use_ecc: also reject elongated footprints.
         max_ecc: largest accepted eccentricity (major / minor axis), ≥ 1.
         use_area: also reject footprints much larger than a neuron (out-of-focus neuropil,
@@ -711,8 +720,9 @@ class QualityParams(_Group):
     rval_thr: float = 0.8
     rval_lowest: float = -1.0
     use_cnn: bool = True
-    min_cnn_thr: float = 0.9
+    min_cnn_thr: float = 0.7
     cnn_lowest: float = 0.1
+    cnn_weights: str | None = None
     gSig_range: tuple[float, ...] | None = None
     use_ecc: bool = True
     max_ecc: float = 3.0
@@ -995,6 +1005,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("quality.min_SNR", lambda v, n: 1.5 if v["data.is_1p"] else 2.5),
     ("quality.rval_thr", lambda v, n: 0.6 if v["data.is_1p"] else 0.8),
     ("quality.min_area_ratio", lambda v, n: 0.35 if v["data.is_1p"] else 0.0),
+    ("quality.use_cnn", lambda v, n: n == 2 and not v["data.is_1p"]),
     ("quality.N_samples_exceptionality",
      lambda v, n: max(1, _ceil(v["data.fr"] * v["data.decay_time"]))),
     ("online.max_shifts_online", lambda v, n: _ceil(2 * max(v["data.neuron_radius"]))),

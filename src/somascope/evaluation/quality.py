@@ -49,7 +49,8 @@ correlation of that image with the footprint. A footprint that is really a cell 
 with what the movie shows when the cell fires; a footprint fitted to noise does not.
 
 **The rule** (:func:`select_components`): a component is accepted when at least one test
-passes its threshold — ``SNR ≥ min_SNR``, ``r ≥ rval_thr`` or (with a classifier) ``cnn ≥
+passes its threshold — ``SNR ≥ min_SNR``, ``r ≥ rval_thr`` or (with the shape classifier,
+:mod:`somascope.evaluation.classifier`) ``cnn ≥
 min_cnn_thr`` — and none falls to or below its lowest value — ``SNR ≤ SNR_lowest``, ``r ≤
 rval_lowest``, ``cnn ≤ cnn_lowest`` — and, when ``use_ecc``, its eccentricity is at most
 ``max_ecc`` and, when ``use_area``, its area at most ``max_area_ratio`` neuron areas
@@ -88,6 +89,7 @@ __all__ = [
     "Exceptionality",
     "activity_frames",
     "area_ratio",
+    "classify_components",
     "eccentricity",
     "footprint_masks",
     "evaluate_components",
@@ -597,7 +599,9 @@ def evaluate_components(
     -------
     Estimates
         A new object equal to ``est`` with ``SNR_comp``, ``r_values``, ``idx_components``,
-        ``idx_components_bad`` set (and ``YrA`` if it was missing).
+        ``idx_components_bad`` set, ``cnn_preds`` (with ``quality.use_cnn``: the shape
+        classifier's scores, :func:`classify_components`, unless ``est`` has them) and ``YrA``
+        if it was missing.
     """
     from somascope.cnmf.estimates import Estimates
 
@@ -632,12 +636,13 @@ def evaluate_components(
     area = area_ratio(masks, dims, p.data.neuron_radius) if q.use_area else None
     cnn = est.cnn_preds
     if q.use_cnn and cnn is None:
-        log.debug("quality.use_cnn is on but the estimates have no cnn_preds; the CNN test is skipped.")
+        cnn = classify_components(model.A, dims, p)
     good, bad = select_components(snr, r_values, cnn, quality=q, ecc=ecc, area=area, valid=valid)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)",
              model.K, good.size, bad.size, n_dup)
-    changes: dict[str, Any] = dict(SNR_comp=snr, r_values=r_values, idx_components=good, idx_components_bad=bad)
+    changes: dict[str, Any] = dict(SNR_comp=snr, r_values=r_values, idx_components=good, idx_components_bad=bad,
+                                   cnn_preds=cnn)
     if est.YrA is None:
         changes["YrA"] = YrA
     return dataclasses.replace(est, **changes)
@@ -646,6 +651,30 @@ def evaluate_components(
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
+
+
+def classify_components(A: Any, dims: Sequence[int], params: Params) -> np.ndarray | None:
+    """The shape classifier's probability ``(K,)`` that each footprint of ``A`` (``pixels × K``)
+    is a soma, with the weights ``params`` chooses (``quality.cnn_weights``, else those shipped
+    for the modality); None, with a log line, where it does not apply (volumes, or no weights
+    for one-photon data)."""
+    from .classifier.cnn import load_weights, predict, shipped_weights
+
+    q = params.quality
+    if len(dims) != 2:
+        log.info("the shape classifier reads 2-D footprints; it is skipped for %d-D data.", len(dims))
+        return None
+    modality = "1p" if params.data.is_1p else "2p"
+    if q.cnn_weights is None and shipped_weights(modality) is None:
+        log.info("no classifier weights ship for %s data; the CNN test is skipped (docs/classifier.md).", modality)
+        return None
+    weights = load_weights(q.cnn_weights, modality=modality)
+    radius = tuple(float(r) for r in params.data.neuron_radius)
+    radii = None
+    if q.gSig_range:
+        scale = radius[0] / float(params.init.gSig[0])
+        radii = [float(g) * scale for g in q.gSig_range]
+    return predict(A, dims, radius, weights, radii=radii)
 
 
 def _drop_duplicates(masks: sp.csc_matrix, snr: np.ndarray, good: np.ndarray,
