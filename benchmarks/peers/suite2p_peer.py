@@ -199,15 +199,11 @@ def run_suite2p(
 def estimate_offset(image: np.ndarray, still_mean: np.ndarray, max_shift: int = 15) -> np.ndarray:
     """Constant offset ``c`` (``(dy, dx)``, px, sub-pixel) of suite2p's frame relative to the
     true (motion-free) frame: ``image(p) ≈ still_mean(p - c)``, i.e. a cell at ``p0`` in the
-    truth sits at ``p0 + c`` in suite2p's frame. By phase correlation of suite2p's registered
-    mean image with the true still mean image (both ``H×W``; intensity scale irrelevant)."""
-    from somascope.motion import register_frame
+    truth sits at ``p0 + c`` in suite2p's frame (``somascope.evaluation.classifier.frame_offset``:
+    phase correlation of the registered mean image with the true still mean image)."""
+    from somascope.evaluation.classifier import frame_offset
 
-    image = np.nan_to_num(np.asarray(image, dtype=np.float32))
-    still_mean = np.asarray(still_mean, dtype=np.float32)
-    m = int(min(max_shift, min(image.shape) // 4 - 1))
-    shift, _ = register_frame(image, still_mean, max_shifts=max(m, 1), upsample_factor=20)
-    return np.asarray(shift, dtype=np.float64)
+    return frame_offset(image, still_mean, max_shift)
 
 
 def offset_from_shifts(true_shifts: np.ndarray, yoff: np.ndarray, xoff: np.ndarray) -> np.ndarray:
