@@ -217,15 +217,25 @@ def test_the_offset_brings_components_of_a_shifted_frame_onto_the_truth() -> Non
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, _quick_report: Any) -> tuple[Any, Any]:
-    """``somascope run`` on a 64 × 64 × 300 two-photon movie with 8 cells and rigid motion (≈5 s)."""
-    from somascope.pipeline import load_results, run
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, _quick_report: Any) -> tuple[Any, Path]:
+    """``somascope run`` on a 64 × 64 × 300 two-photon movie with 8 cells and rigid motion (≈5 s):
+    the simulation and the folder holding ``movie.tif`` and the run ``out``."""
+    from somascope.pipeline import run
 
     sim = simulate.two_photon(dims=(64, 64), n_frames=300, n_cells=8, motion="rigid", max_shift=3.0, seed=1)
     folder = tmp_path_factory.mktemp("classifier-run")
     tifffile.imwrite(folder / "movie.tif", np.asarray(sim.movie, np.float32), imagej=True,
                      metadata={"axes": "TYX", "finterval": 1 / 30})
     run(folder / "movie.tif", folder / "out", radius=5.0, engine="serial", progress=False)
+    return sim, folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_dir: tuple[Any, Path]) -> tuple[Any, Any]:
+    """The simulation and the results of :func:`tiny_run_dir`."""
+    from somascope.pipeline import load_results
+
+    sim, folder = tiny_run_dir
     return sim, load_results(folder / "out" / "results.h5")
 
 
@@ -425,3 +435,27 @@ def test_train_classifier_without_torch_is_a_one_line_error(monkeypatch: pytest.
     assert err.startswith("somascope: error: training the classifier needs PyTorch")
     assert "pip install 'somascope[train]'" in err
     assert not (tmp_path / "w.npz").exists()
+
+
+def test_new_weights_rescore_a_finished_run(tiny_run_dir: tuple[Any, Path], tmp_path: Path) -> None:
+    # the quality stage's key holds the weights file's digest: the same path with other weights
+    # in it scores the components again, and the same weights reuse the stage
+    import shutil
+
+    from somascope.pipeline import load_results, run
+
+    _, source = tiny_run_dir
+    folder = tmp_path / "run"
+    shutil.copytree(source / "out", folder)
+    movie = source / "movie.tif"
+    weights = tmp_path / "mine.npz"
+    random_weights(np.random.default_rng(1), crop_size=CROP_SIZE).save(weights)
+    kw = dict(radius=5.0, engine="serial", progress=False, overrides={"quality.cnn_weights": str(weights)})
+    first = load_results(run(movie, folder, **kw).results_path).estimates.cnn_preds
+    random_weights(np.random.default_rng(2), crop_size=CROP_SIZE).save(weights)
+    second = run(movie, folder, **kw)
+    assert "quality" not in second.reused
+    again = load_results(second.results_path).estimates.cnn_preds
+    assert first.shape == again.shape and not np.allclose(first, again)
+    third = run(movie, folder, **kw)
+    assert "quality" in third.reused

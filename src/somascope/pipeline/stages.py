@@ -243,6 +243,11 @@ def quality_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     p = dotted(ctx.params, ("quality",), exclude=("quality.refit",))
     p["data.dxy"] = list(ctx.params.data.dxy)  # eccentricity
     p["data.neuron_radius"] = list(ctx.params.data.neuron_radius)  # area test
+    if ctx.params.quality.use_cnn:  # the classifier's weights: new weights score the components again
+        from ..evaluation.classifier.cnn import weights_digest
+
+        p["quality.cnn_weights_sha256"] = weights_digest(ctx.params.quality.cnn_weights,
+                                                         modality="1p" if ctx.params.data.is_1p else "2p")
     return p, {}
 
 

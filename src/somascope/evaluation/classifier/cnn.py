@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARCHITECTURE", "LAYERS", "Weights", "forward", "load_weights", "predict", "shipped_weights"]
+__all__ = ["ARCHITECTURE", "LAYERS", "Weights", "forward", "load_weights", "predict", "shipped_weights",
+           "weights_digest"]
 
 #: The layers, in order, with their parameter arrays' names.
 LAYERS = ("conv1", "conv2", "conv3", "dense1", "dense2")
@@ -65,6 +66,17 @@ def shipped_weights(modality: str = "2p") -> Path | None:
         raise ValueError(f"modality must be '2p' or '1p'; got {modality!r}.")
     ref = resources.files("somascope.evaluation.classifier") / f"weights_{modality}.npz"
     return Path(str(ref)) if ref.is_file() else None
+
+
+def weights_digest(path: str | os.PathLike[str] | None, *, modality: str = "2p") -> str | None:
+    """SHA-256 of the weights file ``path`` (None: the one shipped for ``modality``), so that a
+    result can say which classifier scored it; None when there is no such file."""
+    import hashlib
+
+    p = shipped_weights(modality) if path is None else Path(path)
+    if p is None or not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 def load_weights(path: str | os.PathLike[str] | None = None, *, modality: str = "2p") -> Weights:
