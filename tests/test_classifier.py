@@ -459,3 +459,19 @@ def test_new_weights_rescore_a_finished_run(tiny_run_dir: tuple[Any, Path], tmp_
     assert first.shape == again.shape and not np.allclose(first, again)
     third = run(movie, folder, **kw)
     assert "quality" in third.reused
+
+
+def test_a_two_photon_run_keeps_its_classifier_scores_in_results_and_nwb(tiny_run: tuple[Any, Any],
+                                                                           tmp_path: Path) -> None:
+    # the default two-photon run scores every component with the shipped weights; the scores
+    # are in the results file and, as the cnn_pred column, in the NWB export
+    from somascope.evaluation.classifier.cnn import predict
+    from somascope.io.nwb import export_nwb, read_nwb
+
+    _, res = tiny_run
+    est = res.estimates
+    assert res.params["quality"]["use_cnn"] is True
+    assert est.cnn_preds is not None and est.cnn_preds.shape == (est.K,)
+    np.testing.assert_allclose(est.cnn_preds, predict(est.A, est.dims, 5.0), atol=1e-5)
+    back = read_nwb(export_nwb(tmp_path / "run.nwb", est)).estimates
+    np.testing.assert_allclose(back.cnn_preds, est.cnn_preds, atol=1e-6)
