@@ -349,6 +349,31 @@ def test_auto_picks_rigid_on_rigid_motion():
     assert "rigid" in model["reason"] and f"{model['residual_px']:.2f} px" in model["reason"]
 
 
+def test_auto_is_not_fooled_by_the_dim_frames_of_a_bleached_recording():
+    # rigid motion, bleached to 4 % of its light by the end: the last frames' patch displacements
+    # are noise; counted, they read as a warp (0.9 px on a 256² movie), left out, they do not
+    sim = simulate.two_photon((128, 128), 1200, n_cells=29, frame_rate=30.0, motion="rigid", max_shift=3.0,
+                              bleach_time=12.5, seed=5)
+    assert sim.bleach[-1] < 0.05
+    res = motion.correct(sim.movie, **AUTO_KW)   # 1.0 px with the dim frames counted
+    model = res.metrics["motion_model"]
+    assert not res.pw_rigid and model["residual_px"] < model["threshold_px"]
+    assert "matching the template well enough" in model["reason"]
+
+
+def test_nonrigid_residual_leaves_out_samples_that_match_the_template_badly():
+    rng = np.random.default_rng(1)
+    still = rng.normal(0, 0.05, (60, 16, 2))
+    corr = np.full((60, 16), 0.8)
+    noisy = still.copy()
+    noisy[40:] += rng.normal(0, 2.0, (20, 16, 2))      # dim frames: large, random "displacements"
+    corr[40:] = 0.2                                    # ... and a poor match
+    assert motion.nonrigid_residual(noisy) > 1.0
+    assert motion.nonrigid_residual(noisy, corr) == pytest.approx(motion.nonrigid_residual(still[:40]))
+    warped = still + rng.normal(0, 1.0, (60, 16, 2))   # a warp matches as well as still frames do
+    assert motion.nonrigid_residual(warped, np.full((60, 16), 0.8)) == motion.nonrigid_residual(warped)
+
+
 def test_explicit_pw_rigid_is_honoured_without_measuring(nonrigid_sim, tmp_path):
     forced = motion.correct(nonrigid_sim.movie, pw_rigid=False, **AUTO_KW)
     assert not forced.pw_rigid

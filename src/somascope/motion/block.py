@@ -36,12 +36,15 @@ class BlockShifts:
     """Displacements of a block of ``n`` frames.
 
     rigid : ``(n, ndim)`` float32 px; corr : ``(n,)`` float32 normalised peak correlation of
-    the rigid registration; patch : ``(n, n_patches, ndim)`` float32 px or ``None``.
+    the rigid registration; patch : ``(n, n_patches, ndim)`` float32 px or ``None``;
+    patch_corr : ``(n, n_patches)`` float32 normalised peak correlation of each patch (how
+    much its displacement can be trusted) or ``None``.
     """
 
     rigid: np.ndarray
     corr: np.ndarray
     patch: np.ndarray | None
+    patch_corr: np.ndarray | None = None
 
 
 def prepare_reference(template: np.ndarray, settings: Settings, pw_rigid: bool | None = None) -> Reference:
@@ -66,6 +69,7 @@ def register_block(frames: np.ndarray, ref: Reference, settings: Settings, worke
     rigid = np.empty((n, ndim), dtype=np.float32)
     corr = np.empty(n, dtype=np.float32)
     patch = None if ref.patches is None else np.empty((n, ref.patches.grid.n_patches, ndim), dtype=np.float32)
+    patch_corr = None if patch is None else np.empty(patch.shape[:2], dtype=np.float32)
     for b0 in range(0, n, BATCH_FRAMES):
         b1 = min(b0 + BATCH_FRAMES, n)
         x = np.asarray(frames[b0:b1], dtype=np.float32)
@@ -76,9 +80,10 @@ def register_block(frames: np.ndarray, ref: Reference, settings: Settings, worke
         corr[b0:b1] = c
         if patch is not None:
             aligned = np.stack([shift_frame(x[i], r[i], "copy") for i in range(len(x))])
-            residual, _ = register_patches(aligned, ref.patches, settings.upsample_factor, workers)
+            residual, pc = register_patches(aligned, ref.patches, settings.upsample_factor, workers)
             patch[b0:b1] = r[:, None, :] + residual
-    return BlockShifts(rigid, corr, patch)
+            patch_corr[b0:b1] = pc
+    return BlockShifts(rigid, corr, patch, patch_corr)
 
 
 def correct_block(frames: np.ndarray, rigid: np.ndarray, patch: np.ndarray | None, grid: PatchGrid | None,

@@ -81,6 +81,12 @@ PW_RIGID_AUTO_FRAMES = 256
 #: Consecutive frames whose patch displacements are averaged before :func:`nonrigid_residual`
 #: (estimation noise is independent from frame to frame, deformations last longer).
 PW_RIGID_AUTO_BIN = 4
+#: Samples whose patches match the template this much worse than the best-matching samples
+#: (median patch correlation below this fraction of its 90th percentile over samples) are left
+#: out of :func:`nonrigid_residual`: their patch displacements are noise (the dim end of a
+#: bleached recording), not deformation. Warped frames match as well as still ones once each
+#: patch is shifted (0.91–1.07 of the median on the hard family's non-rigid members).
+PW_RIGID_AUTO_RELIABLE = 0.5
 
 
 @dataclass(frozen=True)
@@ -361,20 +367,23 @@ def _auto_sample(a: int, b: int, budget: int) -> np.ndarray:
     return (starts[:, None] + np.arange(k)[None]).ravel()
 
 
-def _auto_task(item: tuple[Any, ...]) -> np.ndarray:
+def _auto_task(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Patch displacements relative to the rigid one of the frames ``_auto_sample`` picks in a
-    window, registered to the (rigid) meta-template and averaged over each group of
-    consecutive frames: ``(groups, n_patches, ndim)``."""
+    window, registered to the (rigid) meta-template, and the patches' peak correlations, both
+    averaged over each group of consecutive frames: ``(groups, n_patches, ndim)`` and
+    ``(groups, n_patches)``."""
     src, a, b, budget, template, settings, workers = item
     offsets = _auto_sample(a, b, budget)
     frames = _read(src, a, b)[offsets]
     sh = register_block(frames, prepare_reference(template, settings, pw_rigid=True), settings, workers)
     residual = sh.patch - sh.rigid[:, None, :]
     k = min(PW_RIGID_AUTO_BIN, b - a)
-    return residual.reshape(len(offsets) // k, k, *residual.shape[1:]).mean(axis=1)
+    groups = len(offsets) // k
+    return (residual.reshape(groups, k, *residual.shape[1:]).mean(axis=1),
+            sh.patch_corr.reshape(groups, k, -1).mean(axis=1))
 
 
-def nonrigid_residual(residual: np.ndarray) -> float:
+def nonrigid_residual(residual: np.ndarray, corr: np.ndarray | None = None) -> float:
     """The statistic that decides ``pw_rigid="auto"``, px.
 
     ``residual``: ``(n, n_patches, ndim)`` displacement of each patch relative to the rigid
@@ -389,13 +398,27 @@ def nonrigid_residual(residual: np.ndarray) -> float:
     the more such outliers it shows, so a statistic of the largest patches grows with the frame
     (a rigid 512×512 movie read 2.3 px with the second largest of 441 patches, 0.08 px with
     the median).
+
+    ``corr`` (``(n, n_patches)``, the patches' normalised peak correlations) leaves out the
+    samples that match the template much worse than the best ones
+    (:data:`PW_RIGID_AUTO_RELIABLE`): a rigid movie bleached to 4 % of its light read 0.91 px
+    from its dim last frames with them, 0.25 px without them.
     """
     residual = np.asarray(residual, dtype=np.float64)
     if residual.size == 0:
         return 0.0
+    if corr is not None:
+        residual = residual[_reliable(corr)]
     dev = residual - np.median(residual, axis=0, keepdims=True)
     per_sample = np.median(np.sqrt((dev**2).sum(axis=2)), axis=1)
     return float(np.percentile(per_sample, PW_RIGID_AUTO_PERCENTILE))
+
+
+def _reliable(corr: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the samples whose median patch correlation (``corr`` ``(n, n_patches)``)
+    reaches :data:`PW_RIGID_AUTO_RELIABLE` of its 90th percentile over the samples."""
+    match = np.median(np.asarray(corr, dtype=np.float64), axis=1)
+    return match >= PW_RIGID_AUTO_RELIABLE * np.percentile(match, 90)
 
 
 def _choose_model(source: Any, windows: list[tuple[int, int]], template: np.ndarray, settings: Settings,
@@ -410,14 +433,16 @@ def _choose_model(source: Any, windows: list[tuple[int, int]], template: np.ndar
         budget = max(1, PW_RIGID_AUTO_FRAMES // len(windows))
         items = [(_piece(source, a, b), a, b, budget, template, settings, workers) for a, b in windows]
         parts = eng.map(_auto_task, items, desc="motion: rigid or pw-rigid?", progress=progress, unit="chunk")
-        residual = np.concatenate(parts)
+        residual = np.concatenate([r for r, _ in parts])
+        corr = np.concatenate([c for _, c in parts])
         n_frames = sum(len(_auto_sample(a, b, budget)) for a, b in windows)
-        value = nonrigid_residual(residual)
+        value = nonrigid_residual(residual, corr)
         pw = value > PW_RIGID_AUTO_THRESHOLD_PX
         info.update(pw_rigid=bool(pw), residual_px=round(value, 4), frames_measured=int(n_frames),
                     reason=(f"auto: {'piecewise-rigid' if pw else 'rigid'}, patch displacements differ from the rigid "
                             f"one by {value:.2f} px ({PW_RIGID_AUTO_PERCENTILE:g}th percentile over {n_frames} frames, "
-                            f"averaged in {len(residual)} groups, of the median over {residual.shape[1]} patches) "
+                            f"averaged in {len(residual)} groups, {int(_reliable(corr).sum())} of them matching the "
+                            f"template well enough, of the median over {residual.shape[1]} patches) "
                             f"{'>' if pw else '≤'} threshold {PW_RIGID_AUTO_THRESHOLD_PX:g} px"))
     info["seconds"] = round(time.perf_counter() - started, 3)
     return info
