@@ -35,6 +35,11 @@ BLOCK_COPIES = 2
 TRACE_COPIES = 8
 #: Copies of the K × T float32 traces in the results (C, S, YrA, F_dff, raw, spare).
 RESULT_TRACE_COPIES = 6
+#: Components left after the patches' screen and merging, as a fraction of the most the
+#: initialisation can start from: 0.37 on the hard 512² benchmark movie (759 of 2,052), 0.32
+#: on the easy one; the K × T arrays of the driver are this many components' (on long
+#: recordings they are most of its memory).
+KEPT_FRACTION = 0.5
 #: Bytes per non-zero footprint pixel (value float32 + row index int64).
 FOOTPRINT_NNZ_BYTES = 12
 #: The driver process with somascope, NumPy, SciPy, Numba, Zarr, h5py and matplotlib loaded,
@@ -211,11 +216,12 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
       and noise segments, at most ~7,100 however long the movie) and a block of CNMF's blocked passes
       (``2 × min(M, 64 MiB)``);
     - *driver*: the process (300 MB) + streaming passes (summary, quality:
-      ``3 × min(M, 128 MiB)``) + traces ``K × T × 8 × 8`` + footprints ``K × (2·gSiz)² × 12``,
+      ``3 × min(M, 128 MiB)``) + traces ``k × T × 8 × 8`` with ``k = KEPT_FRACTION × K`` the
+      components that survive the patches (``K`` without patches) + footprints ``K × (2·gSiz)² × 12``,
       plus ``2 × M`` when the field of view is fitted in one piece (``whole_fov_fit``: no
       ``patch.rf``, or a single patch);
     - memory: serial ``driver + work``; with ``W`` workers ``driver + W × (200 MB + work)``;
-    - disk: the float32 Store ``M`` (when it must be written) + results ``K × T × 4 × 6``
+    - disk: the float32 Store ``M`` (when it must be written) + results ``k × T × 4 × 6``
       + footprints.
 
     The constants were calibrated against the peaks the pipeline records (``docs/pipeline.md``).
@@ -227,9 +233,10 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
     frame = 4 * math.prod(dims)
     movie = T * frame
     K = components_per_fov(params, dims) if params.init.K is not None else 100
+    kept = math.ceil(KEPT_FRACTION * K) if params.patch.rf is not None else K
     box = math.prod(min(2 * int(s), d) for s, d in zip(params.init.gSiz, dims))
     footprints = K * box * FOOTPRINT_NNZ_BYTES
-    traces = K * T * 8 * TRACE_COPIES
+    traces = kept * T * 8 * TRACE_COPIES
     motion_work = min(int(params.motion.chunk_frames), T) * frame * MOTION_COPIES if motion else 0
     patch_work = 0
     if params.patch.rf is not None:
@@ -246,7 +253,7 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
     else:
         per_worker = BASE_WORKER_BYTES + work
         memory, n = driver + W * per_worker, W
-    results = K * T * 4 * RESULT_TRACE_COPIES + footprints
+    results = kept * T * 4 * RESULT_TRACE_COPIES + footprints
     disk = (movie if store_needed else 0) + results
     parts = {"movie_float32": movie, "streaming": streaming, "traces": traces, "footprints": footprints,
              "whole_fov": whole, "motion_work": motion_work, "patch_work": patch_work, "block_work": block_work,
