@@ -34,8 +34,6 @@ __all__ = ["ARCHITECTURE", "LAYERS", "Weights", "forward", "load_weights", "pred
 #: The layers, in order, with their parameter arrays' names.
 LAYERS = ("conv1", "conv2", "conv3", "dense1", "dense2")
 ARCHITECTURE = "conv3x3(8)-relu-conv3x3(16)-relu-maxpool2-conv3x3(32)-relu-maxpool2-dense(64)-relu-dense(1)-sigmoid"
-#: Crops pushed through the network at a time (bounds the im2col buffers to ~60 MB).
-_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Weights:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **self.arrays, crop_size=np.int64(self.crop_size),
-                         window_radii=np.float64(self.window_radii), card=np.str_(json.dumps(self.card)))
+                                    window_radii=np.float64(self.window_radii), card=np.str_(json.dumps(self.card)))
         return path
 
 

@@ -10,7 +10,9 @@ The other classes say what the component is instead, in this order of precedence
   too: its shape is a soma's, and the duplicate test of the accept rule handles the pair);
 - ``"silent_soma"``: within the distance of a soma that never fires (its shape is a soma's; the
   component took its pixels from something else);
-- ``"merged"``: covers at least :data:`MERGED_COVER` of two or more somata;
+- ``"merged"``: covers at least :data:`MERGED_COVER` of two or more somata (and matches none:
+  two equal touching somata taken as one are within 0.5 of each, so such a pair is a ``"soma"``,
+  as the scoring counts it);
 - ``"dendrite"``: at least :data:`PIECE_SHARE` of its mask lies on a process (dendrite segment);
 - ``"fragment"``: at least :data:`PIECE_SHARE` of its mask lies on one soma, too little of it
   to match;
