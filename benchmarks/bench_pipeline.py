@@ -17,7 +17,7 @@ What it measures (issue 6's bar), all on one machine in one run:
 
 Scoring: the true footprints are drawn motion-free; each tool registers to a template of its
 own, so the truth is moved by the constant offset between the tool's mean image and the true
-motion-free mean image (phase correlation; ``peers.suite2p_peer.estimate_offset``), the same
+motion-free mean image (phase correlation; ``somascope.evaluation.classifier.frame_offset``), the same
 way for both tools, and matched by Jaccard + Hungarian (``somascope.metrics``).
 
 Run: ``python benchmarks/bench_pipeline.py [--data DIR] [--out DIR] [--long DIR]``.
@@ -57,13 +57,12 @@ def run_somascope(movie: Path, out: Path, *, fr: float, radius: float) -> dict[s
 
 def score(A_est: Any, truth: Any, mean_image: np.ndarray) -> dict[str, Any]:
     """F1 of footprints ``A_est`` against the active true somata, after the frame offset."""
-    from peers.suite2p_peer import estimate_offset
-
+    from somascope.evaluation.classifier import frame_offset
     from somascope.metrics import match_footprints, shift_footprints
 
     extra = truth.extra
     keep = np.flatnonzero(np.asarray(extra["active"], bool) & np.asarray(extra["is_soma"], bool))
-    offset = estimate_offset(mean_image, extra["still_mean"])
+    offset = frame_offset(mean_image, extra["still_mean"])
     A_true = shift_footprints(truth.A[:, keep], truth.dims, offset)
     m = match_footprints(A_true, A_est, tuple(truth.dims))
     return {"f1": m.f1, "precision": m.precision, "recall": m.recall, "n_true": m.n_ref,

@@ -41,15 +41,14 @@ def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: A
     traces ``C``, ``K × T``; NaN without them), ``recall_all`` (every component, before the
     tool's own selection) and ``offset`` (px).
     """
-    from peers.suite2p_peer import estimate_offset
-
+    from somascope.evaluation.classifier import frame_offset
     from somascope.metrics import match_footprints, shift_footprints, trace_correlation
 
     A_gt = np.asarray(gt["A"], np.float32)
     N, H, W = A_gt.shape
     target = np.flatnonzero(np.asarray(gt["is_soma"], bool) & np.asarray(gt["is_active"], bool))
     snr = np.asarray(gt["snr"], float)[target]
-    offset = estimate_offset(mean_image, np.asarray(gt["mean_clean"], np.float32))
+    offset = frame_offset(mean_image, np.asarray(gt["mean_clean"], np.float32))
     A_true = shift_footprints(A_gt[target].reshape(target.size, -1).T, (H, W), offset)
     rule = dict(binarise_frac=0.2, largest_piece=True)
     acc = np.asarray(accepted, np.int64)

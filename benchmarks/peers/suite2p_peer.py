@@ -196,16 +196,6 @@ def run_suite2p(
 
 
 # ------------------------------------------------------------------ scoring against the truth
-def estimate_offset(image: np.ndarray, still_mean: np.ndarray, max_shift: int = 15) -> np.ndarray:
-    """Constant offset ``c`` (``(dy, dx)``, px, sub-pixel) of suite2p's frame relative to the
-    true (motion-free) frame: ``image(p) ≈ still_mean(p - c)``, i.e. a cell at ``p0`` in the
-    truth sits at ``p0 + c`` in suite2p's frame (``somascope.evaluation.classifier.frame_offset``:
-    phase correlation of the registered mean image with the true still mean image)."""
-    from somascope.evaluation.classifier import frame_offset
-
-    return frame_offset(image, still_mean, max_shift)
-
-
 def offset_from_shifts(true_shifts: np.ndarray, yoff: np.ndarray, xoff: np.ndarray) -> np.ndarray:
     """The same offset from the per-frame motion: suite2p rolls frame t by ``-(yoff, xoff)``
     onto its reference, and frame t is the truth displaced by ``true_shifts[t]``, so the
@@ -221,7 +211,7 @@ def score_suite2p(result: dict[str, Any], truth: Any, *, offset: Sequence[float]
     ``truth`` is a ground_truth.h5 path (benchmarks/make_pipeline_data.py) or its
     ``Estimates`` (``extra`` holding ``active``, ``is_soma``, ``still_mean`` and, for the
     cross-check, ``shifts``). The true footprints are shifted into suite2p's frame by the
-    offset :func:`estimate_offset` finds (or ``offset``) and matched with
+    offset ``somascope.evaluation.classifier.frame_offset`` finds (or ``offset``) and matched with
     ``somascope.metrics.match_footprints`` (Jaccard, Hungarian).
 
     Returns ``f1``, ``precision``, ``recall``, ``tp``, ``n_true`` (active somata), ``n_est``
@@ -230,6 +220,7 @@ def score_suite2p(result: dict[str, Any], truth: Any, *, offset: Sequence[float]
     rigid true shifts) and ``match`` (the :class:`somascope.metrics.Match`).
     """
     from somascope.cnmf.estimates import Estimates
+    from somascope.evaluation.classifier import frame_offset
     from somascope.metrics import match_footprints, shift_footprints
 
     est = truth if isinstance(truth, Estimates) else Estimates.load(truth)
@@ -242,7 +233,7 @@ def score_suite2p(result: dict[str, Any], truth: Any, *, offset: Sequence[float]
     if offset is None:
         if result.get("mean_image") is None:
             raise ValueError("suite2p's mean image is missing from the result; pass offset=(dy, dx) explicitly.")
-        offset = estimate_offset(result["mean_image"], extra["still_mean"])
+        offset = frame_offset(result["mean_image"], extra["still_mean"])
     offset = np.asarray(offset, dtype=np.float64)
     check = None
     shifts = extra.get("shifts")
