@@ -498,8 +498,12 @@ def test_store_out_of_core_equals_movie_in_memory(sim, patch_params, engine_fits
     m = fit(np.asarray(sim.movie), patch_params, evaluate=False)
     assert m.K == s.K
     a_scale = float(np.abs(s.A.data).max())
-    np.testing.assert_allclose(m.A.toarray(), s.A.toarray(), rtol=1e-5, atol=1e-4 * a_scale)
-    np.testing.assert_allclose(m.C, s.C, rtol=1e-5, atol=1e-5 * float(np.abs(s.C).max()))
+    # The passes' products are float32 BLAS (~1e-7 relative) summed over 5000-pixel slabs in
+    # memory and over the Store's 64×64 blocks out of core; the updates' iterations carry that
+    # to ~1e-4 of the peak in a rare footprint pixel (measured 1.4e-4 in 1 of 295k) and of a
+    # trace sample (1.9e-4 relative in 2 of 25.6k): hence the tolerances.
+    np.testing.assert_allclose(m.A.toarray(), s.A.toarray(), rtol=1e-5, atol=3e-4 * a_scale)
+    np.testing.assert_allclose(m.C, s.C, rtol=1e-3, atol=1e-5 * float(np.abs(s.C).max()))
 
 
 def test_fit_without_evaluation_leaves_the_split_unset(engine_fits, fits) -> None:

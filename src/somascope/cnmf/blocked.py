@@ -196,33 +196,19 @@ def _read_block(store: Any, blk: tuple[slice, ...], t0: int, t1: int) -> np.ndar
 
 def _project_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
     """``A_blockᵀ·Y_block`` for the components ``cols`` that touch the block: ``(cols, m × T)``."""
-    from .temporal import _project_kernel
+    from .temporal import project_slab
 
     store, blk, A_sub, cols = item
-    A_sub = sp.csr_matrix(A_sub)
-    A_sub.sort_indices()
-    rows = np.flatnonzero(np.diff(A_sub.indptr) > 0)
-    T = int(store.shape[0])
-    out_t = np.zeros((T, cols.size))
-    kernel = _project_kernel()
-    for t0, t1, Y in _chunks(store, blk):
-        kernel(rows, A_sub.indptr, A_sub.indices, A_sub.data, Y, out_t[t0:t1])
-    return cols, np.ascontiguousarray(out_t.T)
+    found, part = project_slab(_chunks(store, blk), A_sub, int(store.shape[0]))
+    return cols[found], part
 
 
 def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Pattern products, pixel sums and sums of squares of one block."""
-    from .spatial import _kernels
+    from .spatial import slab_statistics
 
     store, blk, indptr, comp, CfT, need_yy = item
-    n = int(indptr.size - 1)
-    U = np.zeros(comp.size)
-    ysum = np.zeros(n)
-    yy = np.zeros(n)
-    kernel = _kernels()["products"]
-    for t0, t1, Y in _chunks(store, blk):
-        kernel(indptr, comp, Y, CfT[t0:t1], U, ysum, yy, need_yy)
-    return U, ysum, yy if need_yy else None
+    return slab_statistics(_chunks(store, blk), indptr, comp, CfT, need_yy=need_yy)
 
 
 def _noise_block(item: tuple[Any, ...]) -> np.ndarray:

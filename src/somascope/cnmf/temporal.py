@@ -171,52 +171,47 @@ def update_temporal(
 def project_movie(Y: np.ndarray, A: Any, block: int = 5000) -> np.ndarray:
     """``Aᵀ·Y`` as ``K × T`` float64: every footprint's weighted sum of each frame.
 
-    ``Y`` is ``T × *dims`` or ``T × pixels``; it is read ``block`` pixels at a time and only
-    the non-zeros of ``A`` are used (``T`` multiply-adds each).
+    ``Y`` is ``T × *dims`` or ``T × pixels``; it is read ``block`` pixels at a time and each
+    slab is multiplied with the footprints that touch it (:func:`project_slab`).
     """
     if hasattr(Y, "project"):  # a BlockedMovie: blocks read in parallel, out of core
         return Y.project(A)
     Y2 = _frames(Y) if np.ndim(Y) > 2 else np.asarray(Y)
     T, P = Y2.shape
     A = sp.csr_matrix(A, dtype=np.float64)
-    A.sort_indices()
-    K = A.shape[1]
-    out_t = np.zeros((T, K))
+    out = np.zeros((A.shape[1], T))
     block = max(1, int(block))
-    kernel = _project_kernel()
     for p0 in range(0, P, block):
         p1 = min(P, p0 + block)
-        s, e = int(A.indptr[p0]), int(A.indptr[p1])
-        if e == s:
-            continue
-        indptr = A.indptr[p0:p1 + 1] - s
-        rows = np.flatnonzero(np.diff(indptr) > 0)
         slab = np.asarray(Y2[:, p0:p1], dtype=np.float32)  # a view of an in-memory float32 movie
-        kernel(rows, indptr, A.indices[s:e], A.data[s:e], slab, out_t)
-    return np.ascontiguousarray(out_t.T)
+        cols, part = project_slab([(0, T, slab)], A[p0:p1], T)
+        out[cols] += part
+    return out
 
 
-_KERNEL: list[Any] = []
+def project_slab(chunks: Any, A_slab: Any, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """``A_slabᵀ·Y_slab`` for the footprints that touch a slab of pixels.
 
-
-def _project_kernel() -> Any:
-    """Numba kernel ``out[k] += a_pk · y_p`` over the non-zeros of A (compiled on first use)."""
-    if not _KERNEL:
-        import numba
-
-        _KERNEL.append(numba.njit(cache=True, nogil=True)(_project_rows))
-    return _KERNEL[0]
-
-
-def _project_rows(rows, indptr, indices, data, Y, out_t):  # pragma: no cover - compiled
-    """``out_t[t, k] += A[p, k]·Y[t, p]`` over the non-zeros of the given pixel rows."""
-    T = Y.shape[0]
-    for t in range(T):
-        for r in range(rows.shape[0]):
-            p = rows[r]
-            y = np.float64(Y[t, p])
-            for q in range(indptr[p], indptr[p + 1]):
-                out_t[t, indices[q]] += data[q] * y
+    ``chunks`` yields ``(t0, t1, Y)`` with ``Y`` the slab's frames ``t0:t1`` as ``frames ×
+    n`` float32; ``A_slab`` is the footprints' rows of those ``n`` pixels (``n × K``).
+    Returns ``(cols, m × n_frames float64)`` for the ``m`` footprints with a non-zero in the
+    slab. Each chunk is one float32 matrix product (BLAS) with the slab's footprints made
+    dense: the sums run over pixels of one frame, so float32 keeps ~1e-6 relative precision,
+    far below the movie's own noise.
+    """
+    A_slab = sp.csc_matrix(A_slab)
+    cols = np.flatnonzero(np.diff(A_slab.indptr) > 0)
+    out_t = np.zeros((n_frames, cols.size))
+    if cols.size:
+        dense = A_slab[:, cols].toarray().astype(np.float32)
+        rows = np.flatnonzero(dense.any(axis=1))
+        every = rows.size == dense.shape[0]
+        dense = dense if every else dense[rows]
+        for t0, t1, Y in chunks:
+            # pixels outside every footprint are left out: a NaN there (a motion border) must
+            # not reach the sums, as 0 × NaN would
+            out_t[t0:t1] = (Y if every else Y[:, rows]) @ dense
+    return cols, np.ascontiguousarray(out_t.T)
 
 
 def update_order(A: Any) -> list[np.ndarray]:
