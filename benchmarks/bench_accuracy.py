@@ -13,7 +13,8 @@ indicators (D ≥ :data:`SLOW_DECAY` s), nothing else; then scored by the dev_si
 Options: ``--set KEY=VALUE`` (repeatable) passes parameters to every run, to compare a variant
 with the defaults; ``--keep`` reuses finished run folders in ``--work``; ``--json`` writes the rows;
 ``--suite2p`` runs suite2p beside (its defaults + ``fs``, ``diameter`` and ``tau`` as a user gives
-them; from its own venv, see ``benchmarks/peers/README.md``) and scores it the same way.
+them; from its own venv, see ``benchmarks/peers/README.md``) and scores it the same way; both
+tools then read the same uncompressed copy of the movie, so that the wall times compare.
 """
 
 from __future__ import annotations
@@ -60,12 +61,15 @@ def movies(family: Path | None, dev: bool, dev_1p: bool = False) -> list[dict[st
     return out
 
 
-def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src: Path | None = None) -> dict[str, Any]:
+def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src: Path | None = None,
+            tif: Path | None = None) -> dict[str, Any]:
     """``somascope run`` on one movie (fresh process) and its scores; ``seconds`` and ``peak_gb``
     (process tree, sampled) of the run.
-    ``src``: run the somascope package found there instead (e.g. an older commit's ``src``)."""
+    ``src``: run the somascope package found there instead (e.g. an older commit's ``src``).
+    ``tif``: the file to read instead of the movie's ``movie.tif`` (e.g. an uncompressed copy)."""
     out = work / movie["name"]
-    cmd = [str(Path(sys.executable).with_name("somascope")), "run", str(movie["folder"] / "movie.tif"),
+    tif = movie["folder"] / "movie.tif" if tif is None else tif
+    cmd = [str(Path(sys.executable).with_name("somascope")), "run", str(tif),
            "--out", str(out), "--fr", str(movie["fr"]), "--radius", str(movie["radius"]), "-q"]
     if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY:
         cmd += ["--decay-time", str(movie["decay"])]
@@ -82,6 +86,11 @@ def run_one(movie: dict[str, Any], work: Path, sets: list[str], keep: bool, src:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     return {"name": movie["name"], "seconds": m["seconds"], "peak_gb": m["peak_gb"],
             **score_run(out, movie["folder"] / "gt.npz")}
+
+
+def _peer_tiff(movie: dict[str, Any], work: Path) -> Path:
+    """The TIFF both tools read when suite2p runs beside: an uncompressed one."""
+    return uncompressed_tiff(movie["folder"] / "movie.tif", work / f"{movie['name']}-uncompressed")
 
 
 def uncompressed_tiff(movie_tif: Path, folder: Path, chunk: int = 500) -> Path:
@@ -121,7 +130,7 @@ def run_suite2p_on(movie: dict[str, Any], work: Path) -> dict[str, Any] | None:
     out = work / f"{movie['name']}-suite2p"
     tau = movie["decay"] if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY else 0.4
     try:
-        tif = uncompressed_tiff(movie["folder"] / "movie.tif", work / f"{movie['name']}-uncompressed")
+        tif = _peer_tiff(movie, work)
         res = run_suite2p(tif, out, fr=movie["fr"], diameter=2 * movie["radius"], tau=tau,
                           timeout=3600)
     except RuntimeError as err:  # e.g. "no ROIs were found": suite2p finds nothing on this movie
@@ -164,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("nothing to run: give --family and/or --dev")
     rows = []
     for m in todo:
-        row = run_one(m, args.work, args.set, args.keep, args.somascope_src)
+        # beside suite2p, both tools read the same (uncompressed) file: the times compare like with like
+        row = run_one(m, args.work, args.set, args.keep, args.somascope_src,
+                      tif=_peer_tiff(m, args.work) if args.suite2p else None)
         row.update(fr=m["fr"], radius=m["radius"], decay=m["decay"])
         rows.append(row)
         decay = "-" if m["decay"] is None else f"{m['decay']:.2f}"

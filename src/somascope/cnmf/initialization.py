@@ -568,14 +568,21 @@ def _local_mean(X: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
     """Gaussian-weighted mean over the leading (spatial) axes of ``X`` (``*dims × T``).
 
     Normalised convolution: pixels outside the frame get no weight (rather than copies of
-    the border pixels, which would make the estimate noisy there).
+    the border pixels, which would make the estimate noisy there). Each axis is one matrix
+    product (BLAS) with the axis's filter as a ``n × n`` matrix, its rows scaled to sum 1 —
+    the same numbers as ``ndimage.gaussian_filter`` (truncated at 3σ, zero outside) divided
+    by the filtered ones image, several times faster on a patch's movie.
     """
-    sig = tuple(sigma) + (0.0,) * (X.ndim - len(sigma))
-    weight = ndimage.gaussian_filter(np.ones(X.shape[:len(sigma)], dtype=np.float32), sigma,
-                                     mode="constant", truncate=3.0)
-    out = ndimage.gaussian_filter(X, sig, mode="constant", truncate=3.0)
-    out /= weight.reshape(weight.shape + (1,) * (X.ndim - len(sigma)))
-    return out
+    out = np.asarray(X, dtype=np.float32)
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        n = out.shape[axis]
+        G = ndimage.gaussian_filter1d(np.eye(n), float(s), axis=0, mode="constant", truncate=3.0)
+        G = (G / G.sum(axis=1, keepdims=True)).astype(np.float32)
+        shape = out.shape
+        out = np.matmul(G, out.reshape(math.prod(shape[:axis]), n, -1)).reshape(shape)
+    return out if out is not X else out.copy()
 
 
 def _columns_to_csc(cols: list[tuple[np.ndarray, np.ndarray]], n_pix: int) -> sp.csc_matrix:
@@ -878,7 +885,8 @@ def _downsample(Y: np.ndarray, ssub: int, tsub: int, divisor: np.ndarray | None)
 
 
 def _block_mean(x: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Means over blocks of ``factors[i]`` along axis i (last block may be partial)."""
+    """Means over blocks of ``factors[i]`` along axis i (last block may be partial), float32."""
+    x = np.asarray(x, dtype=np.float32)
     for axis, s in enumerate(factors):
         n = x.shape[axis]
         if s == 1 or n == 1:
@@ -887,8 +895,14 @@ def _block_mean(x: np.ndarray, factors: Sequence[int]) -> np.ndarray:
         parts = []
         if full:
             head = x[(slice(None),) * axis + (slice(0, full),)]
-            shape = x.shape[:axis] + (full // s, s) + x.shape[axis + 1:]
-            parts.append(head.reshape(shape).mean(axis=axis + 1, dtype=np.float32))
+            blocks = head.reshape(x.shape[:axis] + (full // s, s) + x.shape[axis + 1:])
+            # the block's members added one slice at a time: the same sums as a mean over
+            # that short strided axis, 2-3× faster
+            acc = blocks[(slice(None),) * (axis + 1) + (0,)].copy()
+            for j in range(1, s):
+                acc += blocks[(slice(None),) * (axis + 1) + (j,)]
+            acc /= np.float32(s)
+            parts.append(acc)
         if full < n:
             tail = x[(slice(None),) * axis + (slice(full, n),)]
             parts.append(tail.mean(axis=axis, keepdims=True, dtype=np.float32))
