@@ -1,24 +1,49 @@
 """The ``somascope`` command line.
 
 Each subcommand is a thin layer over the library: parse arguments, call the stage, write
-files. Bad input ends with a one-line ``somascope: error: …`` message and exit status 2
-(``--debug`` shows the traceback instead).
+files. The error policy (:func:`main`), the same for every command:
+
+- bad input or usage: one line ``somascope: error: <what is wrong>. Fix: <what to change>`` on
+  stderr, exit status 2;
+- a fault at run time that is not the input's (the output disk full or read-only, a lost Dask
+  cluster): one line saying what was kept, exit status 1;
+- anything else is a bug: one line ``somascope: internal error (<Type>: <message>); rerun with
+  --debug for the traceback and report it``, exit status 1;
+- Ctrl-C: one line saying what was kept, exit status 130.
+
+``--debug`` shows the full traceback instead, and the log lines of tifffile and Dask's
+distributed, which are kept off the console otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
+import math
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 
 log = logging.getLogger("somascope")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: a usage error is one line on stderr,
+    ``somascope: error: <command>: <what>. Fix: see 'somascope <command> --help'.``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("somascope").strip()
+        where = f"{command}: " if command else ""
+        helper = f"somascope {command} --help" if command else "somascope --help"
+        self.exit(2, f"somascope: error: {where}{message.rstrip('.')}. Fix: see '{helper}'.\n")
 
 
 # -- shared argument groups -----------------------------------------------------------
@@ -39,11 +64,53 @@ def _open(args: argparse.Namespace) -> Any:
     from .io import open_movie
 
     paths = args.movie[0] if len(args.movie) == 1 else args.movie
+    _refuse_results_file(args.movie)
     return open_movie(
         paths, dataset=args.dataset, axes=args.axes, frame_rate=args.frame_rate,
         n_channels=args.n_channels, channel=args.channel, n_planes=args.n_planes, plane=args.plane,
         shape=tuple(args.shape) if args.shape else None, dtype=args.dtype,
     )
+
+
+def _refuse_results_file(paths: Sequence[str]) -> None:
+    """A somascope results file given where a movie is expected: say what it is (and refuse
+    one written by a newer somascope as every reader of results does)."""
+    if len(paths) != 1 or Path(paths[0]).suffix.lower() not in (".h5", ".hdf5") or not Path(paths[0]).is_file():
+        return
+    import h5py
+
+    from .io import MovieError
+
+    path = Path(paths[0])
+    try:
+        with h5py.File(path, "r") as fh:
+            group = fh if fh.attrs.get("format") is not None else fh.get("estimates")
+            is_estimates = group is not None and group.attrs.get("format") == "somascope-estimates"
+            if fh.attrs.get("pipeline_format") is None and not is_estimates:
+                return
+            from .pipeline.results import check_schema
+
+            check_schema(fh, path)
+    except OSError:
+        return  # not HDF5 at all: the movie readers say what is wrong
+    raise MovieError(f"{path}: is a somascope results file, not a movie. Fix: look at it with "
+                     f"'somascope view {path}', or give the movie it was made from.")
+
+
+@contextlib.contextmanager
+def _new_output_folder(out: Path) -> Iterator[None]:
+    """Create ``out``; when the command then fails (bad input, a fault, Ctrl-C) and the folder
+    did not exist before, remove it, so that no half-written output looks like a result."""
+    existed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _gb(n_bytes: float) -> str:
@@ -78,8 +145,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = {k: v for k, v in info.items() if v is not None or k == "frame_rate_hz"}
         if meta.get("details"):  # what a format's metadata adds (a reader's own keys)
             info["format_details"] = meta["details"]
+        from .params import MAX_FRAME_RATE_HZ
+
         if movie.frame_rate is None:
             info["warning"] = "frame rate unknown: pass --fr HZ to later steps"
+        elif movie.frame_rate > MAX_FRAME_RATE_HZ:
+            info["warning"] = (f"the frame rate in the metadata, {movie.frame_rate:g} Hz, is above "
+                               f"{MAX_FRAME_RATE_HZ:g} Hz, faster than any calcium imaging: pass the real rate with "
+                               "--fr HZ to later steps")
         if movie.dropped_frames:
             info["incomplete_trailing_frames"] = movie.dropped_frames
         if args.check:
@@ -104,17 +177,21 @@ def _disk_size(path: Path) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if args.preset == "hard" and args.kind not in ("2p", "1p"):  # before anything is written
+        raise SystemExit("--preset hard is a two-photon or one-photon family. Fix: use --kind 2p or --kind 1p.")
+    with _new_output_folder(out):
+        return _simulate_into(args, out)
+
+
+def _simulate_into(args: argparse.Namespace, out: Path) -> int:
     import numpy as np
 
     from . import simulate
     from .cnmf.estimates import Estimates
     from .io.atomic import atomic_path, atomic_write_text
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     if args.preset == "hard":
-        if args.kind not in ("2p", "1p"):
-            raise SystemExit("--preset hard is a two-photon or one-photon family; use --kind 2p or --kind 1p.")
         hard: dict[str, Any] = {"n_frames": args.frames, "frame_rate": args.fr, "seed": args.seed,
                                 "motion": "rigid" if args.motion is None else args.motion, "progress": not args.quiet}
         if args.dims:
@@ -211,21 +288,22 @@ def cmd_motion_correct(args: argparse.Namespace) -> int:
     if args.gsig_filt:
         overrides["gSig_filt"] = tuple(args.gsig_filt)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    with movie, Engine(args.scheduler) as engine:
-        result = motion.correct(movie, params, out=out / "corrected.zarr", engine=engine,
-                                progress=not args.quiet, overwrite=args.overwrite, **overrides)
-    result.save(out)
-    save_figure(plot_shifts(result, frame_rate=movie.frame_rate), out / "shifts.png")
-    save_figure(plot_quality(result, frame_rate=movie.frame_rate), out / "quality.png")
-    if args.tiff:
-        import tifffile
+    with _new_output_folder(out):
+        with movie, Engine(args.scheduler) as engine:
+            result = motion.correct(movie, params, out=out / "corrected.zarr", engine=engine,
+                                    progress=not args.quiet, overwrite=args.overwrite, **overrides)
+        result.save(out)
+        save_figure(plot_shifts(result, frame_rate=movie.frame_rate), out / "shifts.png")
+        save_figure(plot_quality(result, frame_rate=movie.frame_rate), out / "quality.png")
+        if args.tiff:
+            import tifffile
 
-        store = result.store
-        with atomic_path(out / "corrected.tif") as tmp, tifffile.TiffWriter(tmp, bigtiff=store.nbytes > 2**31) as tif:
-            for _, frames in iter_chunks(store, 256, progress=not args.quiet, desc="writing TIFF"):
-                for frame in frames:
-                    tif.write(np.ascontiguousarray(frame), contiguous=True)
+            store = result.store
+            with (atomic_path(out / "corrected.tif") as tmp,
+                  tifffile.TiffWriter(tmp, bigtiff=store.nbytes > 2**31) as tif):
+                for _, frames in iter_chunks(store, 256, progress=not args.quiet, desc="writing TIFF"):
+                    for frame in frames:
+                        tif.write(np.ascontiguousarray(frame), contiguous=True)
     m = result.metrics
     print(f"{result}\ncrispness raw {m.get('crispness_raw', float('nan')):.4g} → corrected "
           f"{m.get('crispness_corrected', float('nan')):.4g}; border_pix {tuple(result.border_pix)}; wrote {out}")
@@ -258,11 +336,15 @@ def _parse_set(items: Sequence[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set quality.min_SNR=3")
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE. Fix: write the key, '=' and the value, "
+                             f"e.g. --set quality.min_SNR=3")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: cannot read the value ({exc}).") from None
+            from .params import yaml_problem
+
+            raise ValueError(f"--set {item!r}: cannot read the value ({yaml_problem(exc)}). Fix: quote "
+                             f"text, write lists as [1, 2], e.g. --set {key.strip()}=3") from None
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
             try:
                 value = float(value)
@@ -447,12 +529,12 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 # -- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="somascope",
         description="Calcium-imaging analysis: from raw movies to cells and their activity.",
     )
     parser.add_argument("--version", action="version", version=f"somascope {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     for target, default in ((parser, False), (common, argparse.SUPPRESS)):
         target.add_argument("-q", "--quiet", action="store_true", default=default,
                             help="no progress bars, warnings only")
@@ -609,33 +691,235 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# errors that are the user's input, reported in one line
+# -- the error policy --------------------------------------------------------------------
+# exit codes: 0 done; 1 a fault at run time (disk full, read-only output, lost cluster) or a bug;
+# 2 bad input or usage; 130 interrupted (Ctrl-C)
+EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+# errno values of a write that failed through no fault of the input: the output disk is full or
+# read-only, or the storage failed
+_FAULT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EIO, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
+
+# third-party loggers whose lines are noise on the console of a failing run (tifffile's ERROR
+# lines about a damaged file; distributed's "Compute Failed" tracebacks of a failed task): the
+# one-line error says what happened. They are shown with --debug.
+_NOISY_LOGGERS = ("tifffile", "distributed")
+# the worker processes of a local Dask cluster configure their logging from this variable when
+# they start (dask's "logging" config): their "Compute Failed" lines are logged at ERROR
+_WORKER_LOGGING = {"distributed.worker": "critical", "distributed.worker.state_machine": "critical"}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input (a bad movie, bad parameters, a missing or
+    unreadable input file, a wrong scheduler address), reported in one line with exit code 2.
+    Every somascope error class is a ValueError (ParameterError, MovieError, StoreError, …)."""
     from .io import MovieError
     from .store import StoreError
 
-    errors: list[type[BaseException]] = [MovieError, StoreError, FileNotFoundError, FileExistsError,
-                                         ConnectionError, ValueError]  # ParameterError is a ValueError
-    return tuple(errors)
+    return (MovieError, StoreError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ConnectionError, ValueError)
+
+
+def _run_fault() -> type[BaseException] | None:
+    """:class:`somascope.pipeline.RunFault`, or None in a version without it."""
+    try:
+        from .pipeline import RunFault  # type: ignore[attr-defined]
+    except ImportError:
+        try:
+            from .pipeline.errors import RunFault
+        except ImportError:
+            return None
+    return RunFault  # type: ignore[no-any-return]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def _os_message(exc: OSError) -> str:
+    """``[Errno 2] No such file or directory: 'x.tif'`` → ``x.tif: no such file or directory``."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+    return _first_line(exc)
+
+
+def _output_folder(args: argparse.Namespace) -> Path | None:
+    """The folder the command writes into (``--out``), when it has one."""
+    out = getattr(args, "out", None)
+    return Path(out).expanduser() if isinstance(out, (str, Path)) else None
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed command leaves that a rerun uses, when it is known."""
+    out = _output_folder(args)
+    if out is not None and (out / "stages").is_dir() and any((out / "stages").iterdir()):
+        return f"finished stages are kept in {out / 'stages'}; rerun the same command to resume"
+    return ""
+
+
+def _report(exc: BaseException, args: argparse.Namespace) -> int:
+    """Print the one line of ``exc`` on stderr; the exit code."""
+    fault = _run_fault()
+    if fault is not None and isinstance(exc, fault):
+        print(f"somascope: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_FAULT
+    if isinstance(exc, OSError) and exc.errno in _FAULT_ERRNOS:
+        kept = _kept(args)
+        where = _output_folder(args)
+        fix = {errno.ENOSPC: "free some space on that disk (or choose an --out on another disk) and rerun",
+               errno.EROFS: "choose a writable --out and rerun"}.get(
+            exc.errno or 0, "check the disk, free space or choose another --out, then rerun")
+        if hasattr(errno, "EDQUOT") and exc.errno == errno.EDQUOT:
+            fix = "free some of your quota (or choose an --out on another disk) and rerun"
+        what = (exc.strerror or _first_line(exc)).rstrip(".")
+        what = what[:1].lower() + what[1:]
+        target = Path(os.fsdecode(exc.filename)) if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
+        if where is not None and (target is None or target.absolute().is_relative_to(where.absolute())):
+            target = where  # a temporary file of the output folder means nothing to the user
+        written = f"cannot write {target}: " if target is not None else ""
+        print(f"somascope: error: {written}{what}{'. Kept: ' + kept if kept else ''}. Fix: {fix}.", file=sys.stderr)
+        return EXIT_FAULT
+    if isinstance(exc, _user_errors()):
+        message = _os_message(exc) if isinstance(exc, OSError) else _first_line(exc)
+        fix = {FileNotFoundError: "check the path", PermissionError: "check its permissions, or choose another path",
+               IsADirectoryError: "give a file, not a folder", NotADirectoryError: "give a folder, not a file"}
+        if isinstance(exc, OSError) and "Fix:" not in message and type(exc) in fix:
+            message = f"{message.rstrip('. ')}. Fix: {fix[type(exc)]}."
+        print(f"somascope: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, OSError):  # a read or write the system refused: a fault, not a bug
+        kept = _kept(args)
+        print(f"somascope: error: {_os_message(exc).rstrip('. ')}{'. Kept: ' + kept if kept else ''}. Fix: check the "
+              "input files and the disk, then rerun.", file=sys.stderr)
+        return EXIT_FAULT
+    detail = f"{type(exc).__name__}: {_first_line(exc)}" if str(exc).strip() else type(exc).__name__
+    print(f"somascope: internal error ({detail}); rerun with --debug for the traceback and report it", file=sys.stderr)
+    return EXIT_FAULT
+
+
+class _DropThirdParty(logging.Filter):
+    """Drops the records of :data:`_NOISY_LOGGERS` meant for the console (tifffile: all of them;
+    distributed: errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name == "tifffile" or name.startswith("tifffile."):
+            return False
+        if name == "distributed" or name.startswith("distributed."):
+            return record.levelno < logging.ERROR
+        return True
+
+
+# distributed's loggers that log errors in this process (the scheduler of a local cluster runs
+# here); a filter on a logger sees only the records logged on it, so each is named
+_DISTRIBUTED_LOGGERS = ("distributed", "distributed.scheduler", "distributed.client", "distributed.nanny",
+                        "distributed.core", "distributed.worker", "distributed.worker.state_machine",
+                        "distributed.batched", "distributed.comm", "distributed.comm.tcp", "distributed.comm.core",
+                        "distributed.deploy.spec", "distributed.deploy.local", "distributed.utils",
+                        "distributed.utils_perf", "distributed.process", "distributed.shuffle")
+
+
+@contextlib.contextmanager
+def _quiet_third_party(enabled: bool) -> Iterator[None]:
+    """Without --debug: no tifffile lines and no distributed error lines on the console, in this
+    process (a filter on those loggers and on the console handlers) and in the worker processes a
+    local cluster starts (dask's logging config in the environment they inherit). Undone on exit."""
+    if not enabled:
+        yield
+        return
+    drop = _DropThirdParty()
+    names = {"tifffile", *_DISTRIBUTED_LOGGERS,
+             *(n for n in logging.root.manager.loggerDict if n.startswith(("distributed.", "tifffile.")))}
+    targets: list[logging.Filterer] = [logging.getLogger(n) for n in sorted(names)]
+    targets += [h for n in (None, *_NOISY_LOGGERS) for h in logging.getLogger(n).handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    for target in targets:
+        target.addFilter(drop)
+    old_env = os.environ.get("DASK_LOGGING")
+    if old_env is None:
+        os.environ["DASK_LOGGING"] = repr(_WORKER_LOGGING)
+    try:
+        yield
+    finally:
+        for target in targets:
+            target.removeFilter(drop)
+        if old_env is None:
+            os.environ.pop("DASK_LOGGING", None)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse impossible values of the options (frame rate, neuron radius, decay time, workers,
+    scheduler) before anything is read or written, naming the option."""
+    from .params import MAX_FRAME_RATE_HZ
+
+    fr = getattr(args, "frame_rate", None)
+    if fr is None:
+        fr = getattr(args, "fr", None)
+    if fr is not None:
+        if not (math.isfinite(fr) and fr > 0):
+            raise ValueError(f"--fr {fr:g}: a frame rate must be a positive number of Hz. Fix: pass your imaging "
+                             "rate in frames (volumes) per second, e.g. --fr 30.")
+        if fr > MAX_FRAME_RATE_HZ:
+            raise ValueError(f"--fr {fr:g}: above {MAX_FRAME_RATE_HZ:g} Hz, faster than any calcium imaging (a line "
+                             "rate, a pixel clock or an interval in µs is not a frame rate). Fix: pass the frames "
+                             "(volumes) per second, e.g. --fr 30.")
+    radius = getattr(args, "radius", None)
+    for r in radius if isinstance(radius, list) else [] if radius is None else [radius]:
+        if not (math.isfinite(r) and r > 0):
+            raise ValueError(f"--radius {r:g}: a neuron radius must be a positive number of pixels. Fix: pass half "
+                             "a cell body's width in pixels, e.g. --radius 5.")
+    decay = getattr(args, "decay_time", None)
+    if decay is not None and not (math.isfinite(decay) and decay > 0):
+        raise ValueError(f"--decay-time {decay:g}: must be a positive number of seconds. Fix: pass the indicator's "
+                         "decay time, e.g. --decay-time 0.4 (GCaMP6f) or 1.2 (GCaMP6s).")
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers {workers}: needs at least one worker. Fix: pass --workers 1 or more, or leave "
+                         "it out (one per core).")
+    scheduler = getattr(args, "scheduler", None)
+    if isinstance(scheduler, str):
+        from .parallel import BATCH_SYSTEMS, is_batch_system
+
+        spec = scheduler.strip()
+        if spec not in ("serial", "local") and not is_batch_system(spec) and ":" not in spec and "/" not in spec:
+            raise ValueError(f"--scheduler {scheduler!r}: not an engine. Fix: use serial, local, a batch system "
+                             f"({', '.join(BATCH_SYSTEMS)}) or a scheduler address such as tcp://10.0.0.5:8786.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``somascope`` command; the exit code (module docstring: the error policy).
+
+    Bad input or usage: one line ``somascope: error: … Fix: …`` on stderr, exit 2 (argparse's
+    usage errors raise SystemExit(2) after their one line). A fault at run time (output disk full
+    or read-only, a lost cluster): one line saying what was kept, exit 1. Anything else is a bug:
+    one line asking to rerun with --debug and report it, exit 1. Ctrl-C: one line, exit 130.
+    ``--debug`` shows the full traceback instead, and third-party log lines.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     started = time.perf_counter()
     try:
-        code = int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("somascope: interrupted", file=sys.stderr)
-        return 130
-    except _user_errors() as exc:
+        with _quiet_third_party(not args.debug):
+            _check_options(args)
+            code = int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"somascope: error: {message}", file=sys.stderr)
-        return 2
+        said = _first_line(exc) if str(exc).strip() else _kept(args)
+        print(f"somascope: interrupted{'; ' + said if said else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        if isinstance(exc.code, str) and not args.debug:  # a command refused its arguments, in words
+            print(f"somascope: error: {exc.code.strip().splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        raise
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _report(exc, args)
     log.debug("%s finished in %.1f s", args.command, time.perf_counter() - started)
     return code
 

@@ -100,6 +100,7 @@ per-axis value is broadcast (``gSig=4`` → ``(4.0, 4.0)``).
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import math
@@ -120,6 +121,7 @@ __all__ = [
     "DeconvolutionParams",
     "IGNORED_KEYS",
     "InitParams",
+    "MAX_FRAME_RATE_HZ",
     "MergeParams",
     "MotionParams",
     "OnlineParams",
@@ -132,6 +134,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The fastest frame (or volume) rate accepted, Hz. Calcium indicators change over tens of
+#: milliseconds and the fastest calcium or voltage imaging records a few thousand frames per
+#: second; a larger value is a unit mistake (a line rate, a pixel clock, an interval in µs).
+MAX_FRAME_RATE_HZ = 10_000.0
 
 
 class ParameterError(ValueError):
@@ -293,7 +300,8 @@ class DataParams(_Group):
     """What is known about the recording.
 
     Attributes:
-        fr: frame rate in Hz (volume rate for 3-D data). Default 30.
+        fr: frame rate in Hz (volume rate for 3-D data), at most :data:`MAX_FRAME_RATE_HZ`
+            (10 kHz: a larger value is a unit mistake). Default 30.
         decay_time: decay time of a typical transient of the indicator in s (≈0.4 for
             GCaMP6f, 1–1.5 for GCaMP6s). Sets the SNR window and temporal downsampling.
         dxy: pixel size in µm per pixel along each spatial axis, ``(dy, dx)`` or
@@ -317,6 +325,10 @@ class DataParams(_Group):
 
     def _check(self) -> None:
         _positive(self._k("fr"), self.fr)
+        _need(self.fr <= MAX_FRAME_RATE_HZ, self._k("fr"), self.fr,
+              f"a frame rate above {MAX_FRAME_RATE_HZ:g} Hz is faster than any calcium imaging (a line rate, "
+              "a pixel clock or an interval in µs is not a frame rate)",
+              "give the frames (volumes) per second, e.g. --fr 30 on the command line or data.fr: 30")
         _positive(self._k("decay_time"), self.decay_time)
         _all_positive(self._k("dxy"), self.dxy)
         _all_positive(self._k("neuron_radius"), self.neuron_radius)
@@ -431,8 +443,9 @@ class InitParams(_Group):
         ssub: spatial downsampling factor during initialisation.
         tsub: temporal downsampling factor during initialisation.
         nb: background components: ≥ 1 global low-rank background of that rank; 0 ring
-            model (CNMF-E, one-photon); -1 full-rank background; -2 no background.
-            CaImAn's ``gnb``.
+            model (CNMF-E, one-photon); -2 no background. CaImAn's ``gnb``; its -1 (full-rank
+            background) is refused, as CNMF here does not implement it. With ``data.is_1p``, a
+            value ≥ 1 is allowed (a low-rank background instead of the ring model).
         rolling_length: window of the rolling sum for ``rolling_greedy_roi``, frames.
         min_corr: smallest local correlation of a GreedyCorr seed pixel, in [0, 1]
             (correlation of the high-passed movie thresholded at 2 noise levels).
@@ -509,6 +522,9 @@ class InitParams(_Group):
         _need(self.nb >= -2, self._k("nb"), self.nb,
               "must be ≥ 1 (global background rank), 0 (ring model), -1 (full rank) or -2 (none)",
               "use 1 for two-photon or 0 for one-photon data")
+        _need(self.nb != -1, self._k("nb"), self.nb,
+              "a full-rank background (CaImAn's gnb=-1) is not implemented here: CNMF refuses it",
+              "use init.nb ≥ 1 (low-rank background), 0 (one-photon ring model) or -2 (no background)")
         _between(self._k("min_corr"), self.min_corr, 0.0, 1.0)
         _positive(self._k("min_pnr"), self.min_pnr, zero_ok=True)
         _need(isinstance(self.fov_mask, str) and bool(self.fov_mask.strip()), self._k("fov_mask"),
@@ -1162,8 +1178,8 @@ def _unknown(key: str, path: str, context: str | None) -> NoReturn:
     where = f" in group {context!r}" if context else ""
     hint = (f"Did you mean {' or '.join(names[c] for c in close)}?" if close
             else "No known parameter has a similar name.")
-    raise ParameterError(f"unknown parameter {path!r}{where}. {hint} Every parameter is listed, "
-                         f"by group, in somascope.params.Params().to_dict().")
+    raise ParameterError(f"unknown parameter {path!r}{where}. {hint} Fix: correct the name; every parameter "
+                         f"is listed, by group, in somascope.params.Params().to_dict().")
 
 
 @dataclass
@@ -1582,7 +1598,7 @@ class Params:
     def from_json(cls, text: str) -> Params:
         """Parse JSON text (any dict :meth:`from_dict` accepts)."""
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_unique_json_pairs)
         except json.JSONDecodeError as err:
             raise ParameterError(f"invalid JSON parameters: {err}. Fix: check the syntax "
                                  f"at that position.") from err
@@ -1594,9 +1610,9 @@ class Params:
         import yaml
 
         try:
-            d = yaml.safe_load(text)
+            d = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as err:
-            raise ParameterError(f"invalid YAML parameters: {err}. Fix: check the syntax "
+            raise ParameterError(f"invalid YAML parameters: {yaml_problem(err)}. Fix: check the syntax "
                                  f"at that position.") from err
         if d is None:
             raise ParameterError("the YAML text holds no parameters. Fix: give a mapping such "
@@ -1611,7 +1627,17 @@ class Params:
         if suffix not in (".json", ".yaml", ".yml"):
             raise ParameterError(f"cannot tell the format of {str(p)!r} from its extension. "
                                  f"Fix: use a .json, .yaml or .yml file.")
-        text = p.read_text(encoding="utf-8")
+        if p.is_dir():
+            raise ParameterError(f"the parameters file {str(p)!r} is a folder. Fix: give the path of a "
+                                 f"{suffix} file.")
+        if not p.exists():
+            raise ParameterError(f"the parameters file {str(p)!r} does not exist. Fix: check the path.")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ParameterError(f"{p}: not a {'JSON' if suffix == '.json' else 'YAML'} text file (byte "
+                                 f"{err.start} is not UTF-8 text). Fix: give a parameters file written as text, "
+                                 f"e.g. one saved by Params.save.") from err
         try:
             return cls.from_json(text) if suffix == ".json" else cls.from_yaml(text)
         except ParameterError as err:
@@ -1658,6 +1684,51 @@ def _warn_ignored(paths: list[str]) -> None:
         by_reason.setdefault(IGNORED_KEYS[path.split(".")[-1]], []).append(path)
     log.warning("ignoring %d parameter(s) with no meaning in somascope: %s", len(paths),
                 "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in by_reason.items()))
+
+
+def yaml_problem(err: BaseException) -> str:
+    """A PyYAML error as one line: ``line 2, column 1: expected ',' or ']', but got '<stream
+    end>' (while parsing a flow sequence)`` (its own message spans lines and quotes the text)."""
+    problem = getattr(err, "problem", None)
+    if not problem:
+        return " ".join(str(err).split())
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    return where + " ".join(problem.split()) + (f" ({' '.join(context.split())})" if context else "")
+
+
+def _unique_json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a key given twice in one object is a contradiction, not "last wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ParameterError(f"the key {key!r} is given twice in one object (values {out[key]!r} and "
+                                 f"{value!r}). Fix: keep one of them.")
+        out[key] = value
+    return out
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """A PyYAML SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # merge keys ('<<') and complex keys: PyYAML's own rules
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise ParameterError(f"the key {key!r} is given twice in one mapping (lines {lines[key]} "
+                                         f"and {line}). Fix: keep one of them.")
+                lines[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1117,7 +1117,7 @@ def _check_finite(moments: Sequence[_Moments], t0: int, t1: int, source: Any) ->
     name = getattr(source, "path", None) or type(source).__name__
     raise ValueError(
         f"{name}: frames {t0}..{t1 - 1} contain NaN or infinite values ({bad} pixels affected); "
-        "summary images need finite data. Replace them first, e.g. np.nan_to_num(movie) or "
+        "summary images need finite data. Fix: replace them first, e.g. np.nan_to_num(movie) or "
         "interpolate the bad frames."
     )
 

@@ -558,7 +558,8 @@ class Batch:
         if not sample or "/" in sample or sample.startswith("."):
             raise BatchError(f"sample name {sample!r} is not usable as a folder name. Fix: a plain name like "
                              f"'m12-day3'.")
-        exists = self._con.execute("SELECT 1 FROM samples WHERE name = ?", (sample,)).fetchone()
+        with db.sqlite_errors(self._con):
+            exists = self._con.execute("SELECT 1 FROM samples WHERE name = ?", (sample,)).fetchone()
         if exists:
             raise BatchError(f"a sample named {sample!r} exists. Fix: choose another name, or remove it first.")
         folder = self.path / SAMPLES_DIR / sample
@@ -582,7 +583,9 @@ class Batch:
 
         names = {r["uuid"]: r["name"] for r in db.select_items(self._con)}
         recs = []
-        for r in self._con.execute("SELECT * FROM samples ORDER BY created").fetchall():
+        with db.sqlite_errors(self._con):  # a locked or damaged file: one-line BatchError
+            rows = self._con.execute("SELECT * FROM samples ORDER BY created").fetchall()
+        for r in rows:
             rec = {"name": r["name"], "item": r["item"], "item_name": names.get(r["item"]),
                    **json.loads(r["tags"]), "comments": r["comments"], "created": r["created"],
                    "path": str(self.path / r["path"])}

@@ -76,25 +76,64 @@ class BatchError(ValueError):
     """A batch that cannot be opened or an operation that cannot be done, with the fix."""
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that knows its file (named in errors)."""
+
+    path: Path
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit, :func:`transaction`)."""
-    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, factory=_Connection)
+    con.path = Path(path)
     con.row_factory = sqlite3.Row
-    con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    with sqlite_errors(con):
+        con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     return con
+
+
+def _path(con: sqlite3.Connection) -> str:
+    return str(getattr(con, "path", DB_FILE))
+
+
+@contextlib.contextmanager
+def sqlite_errors(con: sqlite3.Connection) -> Iterator[None]:
+    """SQLite's errors on the batch file as :class:`BatchError` with the fix: the file locked by
+    another process for longer than :data:`BUSY_TIMEOUT_S`, or damaged (not a database)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise BatchError(
+                f"the batch file {_path(con)} is locked by another process (a somascope batch command or a "
+                f"program holding it open) and stayed locked for {BUSY_TIMEOUT_S:g} s ({text}). Fix: wait for the "
+                "other command to finish, or close the program that holds the file, then try again.") from None
+        if "disk" in text and ("full" in text or "I/O" in text):
+            raise BatchError(f"cannot write the batch file {_path(con)} ({text}). Fix: free some disk space on its "
+                             "disk, then try again.") from None
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise BatchError(
+            f"the batch file {_path(con)} is damaged or not an SQLite database ({exc}). Fix: restore it from a backup, "
+            "or create a new batch with 'somascope batch create'.") from None
 
 
 @contextlib.contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any error): a writer holds the write
-    lock from the start, so a read-modify-write is never interleaved with another process's."""
-    con.execute("BEGIN IMMEDIATE")
+    lock from the start, so a read-modify-write is never interleaved with another process's.
+    A file locked too long or damaged raises :class:`BatchError` (:func:`sqlite_errors`)."""
+    with sqlite_errors(con):
+        con.execute("BEGIN IMMEDIATE")
     try:
         yield con
     except BaseException:
-        con.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("ROLLBACK")
         raise
-    con.execute("COMMIT")
+    with sqlite_errors(con):
+        con.execute("COMMIT")
 
 
 def initialise(con: sqlite3.Connection, settings: Mapping[str, Any]) -> None:
@@ -112,6 +151,12 @@ def check_format(con: sqlite3.Connection, path: Path) -> None:
     """Refuse a file that is not a somascope batch or has a newer schema."""
     try:
         rows = dict(con.execute("SELECT key, value FROM settings").fetchall())
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            with sqlite_errors(con):
+                raise
+        raise BatchError(f"{path} is not a somascope batch ({exc}). Fix: open the batch folder that "
+                         f"'somascope batch create' made, or create one.") from None
     except sqlite3.DatabaseError as exc:
         raise BatchError(f"{path} is not a somascope batch ({exc}). Fix: open the batch folder that "
                          f"'somascope batch create' made, or create one.") from None
@@ -184,4 +229,6 @@ def update_item(con: sqlite3.Connection, uuid: str, values: Mapping[str, Any], *
 def select_items(con: sqlite3.Connection, where: str = "", args: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Items in the order they were added (one consistent snapshot)."""
     sql = "SELECT * FROM items" + (f" WHERE {where}" if where else "") + " ORDER BY position"
-    return [decode(r) for r in con.execute(sql, tuple(args)).fetchall()]
+    with sqlite_errors(con):
+        rows = con.execute(sql, tuple(args)).fetchall()
+    return [decode(r) for r in rows]

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from somascope.deconvolution._checks import MIN_FRAMES  # the pipeline's one minimum-frames rule
+
 from .estimates import Estimates, collect_provenance
 
 __all__ = ["fit", "refit", "pixel_noise", "components_per_fov", "fov_mask_from_params", "load_fov_mask"]
@@ -47,8 +49,6 @@ log = logging.getLogger(__name__)
 #: Merge → update rounds after the first update (CaImAn's batch order: update, merge,
 #: update; a further round would cost two more passes over the movie).
 MERGE_ROUNDS = 1
-#: Fewest frames CNMF accepts (noise and time-constant estimation need them).
-MIN_FRAMES = 16
 #: Global background components fitted, after the ring background, to what it leaves
 #: (one-photon data, ``init.nb = 0``).
 RING_RESIDUAL_NB = 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Fewest frames a trace may have: the noise estimate needs a few high-frequency bins and
+#: Fewest frames a trace may have — the whole pipeline's one minimum-frames rule (re-exported as
+#: ``somascope.cnmf.fit.MIN_FRAMES``): the noise estimate needs a few high-frequency bins and
 #: the AR estimate needs more frames than lags.
 MIN_FRAMES = 16
 

@@ -9,8 +9,12 @@ lazily, dropped when pickled, and closed by ``close()``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,82 @@ import numpy as np
 
 from .errors import MovieError, one_line
 
+log = logging.getLogger("somascope.io")
+
+#: What a damaged file's message suggests.
+FIX_DAMAGED = ("Fix: copy or export the file again from the original (compare its size with the source); "
+               "a file still being written must be finished first")
+
 TIFF_EXTENSIONS = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".mat")
 ZARR_EXTENSIONS = (".zarr",)
 NPY_EXTENSIONS = (".npy",)
 RAW_EXTENSIONS = (".raw", ".bin", ".dat")
 SUPPORTED = TIFF_EXTENSIONS + HDF5_EXTENSIONS + ZARR_EXTENSIONS + NPY_EXTENSIONS + RAW_EXTENSIONS
+
+
+# -- tifffile's log ------------------------------------------------------------------------
+class _TiffLogCapture(logging.Filter):
+    """Holds back tifffile's log records while this thread reads a TIFF (:func:`tiff_log`): a
+    damaged file makes tifffile log ERROR lines ("invalid page offset …") before it fails or
+    falls back; somascope turns what they say into its own one-line error instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        records = getattr(self.local, "records", None)
+        if records is None:
+            return True
+        records.append(record.getMessage())
+        return False
+
+
+_TIFF_LOG = _TiffLogCapture()
+logging.getLogger("tifffile").addFilter(_TIFF_LOG)
+
+
+@contextlib.contextmanager
+def tiff_log() -> Iterator[list[str]]:
+    """The messages tifffile logs in this thread inside the block (kept off the console)."""
+    outer = getattr(_TIFF_LOG.local, "records", None)
+    records: list[str] = []
+    _TIFF_LOG.local.records = records
+    try:
+        yield records
+    finally:
+        _TIFF_LOG.local.records = outer
+        if outer is not None:
+            outer.extend(records)
+
+
+def permission_error(path: Path | str) -> MovieError:
+    return MovieError(
+        f"{path}: permission denied, this user cannot read it. Fix: give read permission (e.g. chmod u+r "
+        f"'{path}', and u+rx on its folders) or copy it somewhere readable.")
+
+
+def probe_path(path: Path, empty_ok: bool = False) -> None:
+    """Refuse early what no reader can use: a path that does not exist, a file this user
+    cannot read, an empty (0-byte) file (unless ``empty_ok``), a folder that cannot be listed."""
+    if not path.exists():
+        if path.is_symlink():
+            raise MovieError(f"{path}: is a broken symbolic link (its target {os.readlink(path)!r} does not "
+                             "exist). Fix: point the link at the movie, or pass the movie's own path.")
+        raise MovieError(f"{path}: no such file or folder. Fix: check the path (cwd is {os.getcwd()}).")
+    try:
+        if path.is_dir():
+            os.listdir(path)
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(1)
+    except PermissionError as exc:
+        raise permission_error(path) from exc
+    except OSError as exc:
+        raise MovieError(f"{path}: cannot be read ({one_line(exc)}). {FIX_DAMAGED}.") from exc
+    if not head and not empty_ok:
+        raise MovieError(f"{path}: is empty (0 bytes). {FIX_DAMAGED}.")
 
 
 @dataclass(frozen=True)
@@ -100,9 +174,13 @@ CANONICAL_AXES = set("tzyxc")
 def _axes_error(path: Path, shape: tuple[int, ...], why: str) -> MovieError:
     return MovieError(
         f"{path}: cannot tell which axis is time in an array of shape {shape} ({why}). "
-        "Pass axes= naming each axis in stored order with t (time), z (plane), y, x and c (channel), "
+        "Fix: pass axes= (--axes) naming each axis in stored order with t (time), z (plane), y, x and c (channel), "
         "e.g. axes='tyx' or axes='yxt'."
     )
+
+
+def _axes_example(ndim: int) -> str:
+    return {2: "yx", 3: "tyx (or yxt)", 4: "tzyx (or tyxc)", 5: "tzyxc"}.get(ndim, "tzyxc")
 
 
 def infer_axes(path: Path, shape: tuple[int, ...], axes: str | None) -> str:
@@ -117,18 +195,19 @@ def infer_axes(path: Path, shape: tuple[int, ...], axes: str | None) -> str:
         if len(axes) != len(shape):
             raise MovieError(
                 f"{path}: axes={axes!r} names {len(axes)} axes but the data has {len(shape)} "
-                f"(shape {shape}); give one letter per axis."
+                f"(shape {shape}). Fix: give one letter per stored axis, e.g. --axes "
+                f"{_axes_example(len(shape))}."
             )
         bad = set(axes) - CANONICAL_AXES
         if bad or len(set(axes)) != len(axes) or not {"t", "y", "x"} <= set(axes):
             raise MovieError(
-                f"{path}: axes={axes!r} must use each of t, y, x once and optionally z and c "
-                "(letters from 'tzyxc')."
+                f"{path}: axes={axes!r} is not an axis order. Fix: use each of t (time), y, x once and "
+                "optionally z (plane) and c (channel), e.g. --axes tyx or yxt."
             )
         return axes
     if len(shape) == 2:
         raise MovieError(
-            f"{path}: is a single 2-D image of shape {shape}, not a movie. Pass several images "
+            f"{path}: is a single 2-D image of shape {shape}, not a movie. Fix: pass several images "
             "(a list or a folder) to build a movie, or a file holding frames over time."
         )
     if len(shape) == 3:
@@ -172,6 +251,13 @@ class ArraySegment:
         self._handle: Any = None
         self._array: Any = None
         arr = self._open()
+        try:
+            self._describe(arr, axes, channel)
+        except BaseException:
+            self.close()
+            raise
+
+    def _describe(self, arr: Any, axes: str | None, channel: int | None) -> None:
         self.stored_shape = tuple(int(s) for s in arr.shape)
         self.dtype = np.dtype(arr.dtype).newbyteorder("=")
         self.axes = infer_axes(self.path, self.stored_shape, axes)
@@ -181,16 +267,17 @@ class ArraySegment:
             if channel is None:
                 if n_c != 1:
                     raise MovieError(
-                        f"{self.path}: has {n_c} channels (axis 'c'); pass channel= (0..{n_c - 1}) "
-                        "to choose one."
+                        f"{self.path}: has {n_c} channels (axis 'c'). Fix: pass channel= (--channel) "
+                        f"0..{n_c - 1} to choose one."
                     )
                 channel = 0
             if not 0 <= channel < n_c:
-                raise MovieError(f"{self.path}: channel={channel} out of range 0..{n_c - 1}.")
+                raise MovieError(f"{self.path}: channel={channel} out of range. Fix: pass --channel "
+                                 f"0..{n_c - 1}.")
         elif channel not in (None, 0):
             raise MovieError(
-                f"{self.path}: channel={channel} given but the data has no channel axis; "
-                "for interleaved channels pass n_channels= as well."
+                f"{self.path}: channel={channel} given but the data has no channel axis. Fix: name it in "
+                "--axes (letter c), or for interleaved channels pass n_channels= (--n-channels) as well."
             )
         self.channel = channel
         kept = [a for a in self.axes if a != "c"]
@@ -208,43 +295,77 @@ class ArraySegment:
 
             try:
                 self._handle = h5py.File(self.path, "r")
+            except PermissionError as exc:
+                raise permission_error(self.path) from exc
             except OSError as exc:
-                raise MovieError(f"{self.path}: not a readable HDF5 file ({exc}).") from exc
-            self._array = self._h5_dataset(self._handle)
+                why = one_line(exc)
+                what = ("is truncated" if "truncated file" in why else "is not a readable HDF5 file")
+                raise MovieError(f"{self.path}: {what} ({why}). Fix: check that it is an HDF5 (.h5, MATLAB v7.3) "
+                                 f"movie; if it is, {_lower(FIX_DAMAGED)}.") from exc
+            try:
+                self._array = self._h5_dataset(self._handle)
+            except MovieError:
+                self.close()
+                raise
+            except Exception as exc:  # a damaged object header or link table
+                self.close()
+                raise MovieError(f"{self.path}: its HDF5 structure is damaged ({one_line(exc)}). "
+                                 f"{FIX_DAMAGED}.") from exc
         elif self.kind == "zarr":
             import zarr
 
             try:
                 node = zarr.open(str(self.path), mode="r")
+            except PermissionError as exc:
+                raise permission_error(self.path) from exc
             except Exception as exc:  # zarr raises several types for a non-zarr path
-                raise MovieError(f"{self.path}: not a readable Zarr store ({exc}).") from exc
+                raise MovieError(f"{self.path}: not a readable Zarr store ({one_line(exc)}). Fix: check that it is a "
+                                 "Zarr folder whose zarr.json (or .zarray) metadata is intact; if it was copied, "
+                                 "copy it again.") from exc
             if hasattr(node, "shape"):
                 self._array = node
             else:
                 names = [k for k, v in node.arrays()]
                 self._array = node[self._pick_dataset(names, lambda n: node[n].ndim)]
+            _warn_missing_chunks(self.path, self._array)
         elif self.kind == "npy":
             try:
                 self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise MovieError(f"{self.path}: not a readable .npy array ({exc}).") from exc
+            except PermissionError as exc:
+                raise permission_error(self.path) from exc
+            except (ValueError, OSError, EOFError) as exc:
+                why = one_line(exc)
+                what = "is truncated" if "larger than file size" in why or "mmap length" in why else \
+                    "is not a readable .npy array"
+                raise MovieError(f"{self.path}: {what} ({why}). Fix: save it again with numpy.save; "
+                                 f"{_lower(FIX_DAMAGED)}.") from exc
         elif self.kind == "raw":
             if self.raw_shape is None or self.raw_dtype is None:
                 raise MovieError(
-                    f"{self.path}: raw binary files carry no header; pass shape=(T, H, W) and dtype= "
-                    "(and axes= if time is not first)."
+                    f"{self.path}: raw binary files carry no header. Fix: pass shape=(T, H, W) and dtype= "
+                    "(--shape T H W --dtype uint16; and --axes if time is not first)."
                 )
-            dtype = np.dtype(self.raw_dtype)
-            expected = int(np.prod(self.raw_shape)) * dtype.itemsize + self.raw_offset
-            size = self.path.stat().st_size
-            if size < expected:
+            try:
+                dtype = np.dtype(self.raw_dtype)
+            except TypeError as exc:
+                raise MovieError(f"{self.path}: dtype={self.raw_dtype!r} is not a data type. Fix: pass e.g. "
+                                 "--dtype uint16, int16, float32 or >u2 (big-endian).") from exc
+            shape = tuple(int(n) for n in self.raw_shape)
+            if not shape or min(shape) < 1 or self.raw_offset < 0:
+                raise MovieError(f"{self.path}: shape={shape} offset={self.raw_offset} cannot describe a movie. "
+                                 "Fix: give positive sizes, e.g. --shape 3000 512 512.")
+            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize + self.raw_offset
+            size = _size(self.path)
+            if size != expected:
+                frame = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+                fits = (size - self.raw_offset) // frame if frame and size >= self.raw_offset else 0
+                hint = (f"frames of {shape[1:]} {dtype} would fit exactly {fits} times (--shape {fits} "
+                        f"{' '.join(map(str, shape[1:]))})" if frame and fits and (size - self.raw_offset) % frame == 0
+                        else "no whole number of such frames fits it")
                 raise MovieError(
-                    f"{self.path}: holds {size} bytes but shape={self.raw_shape} dtype={dtype} "
-                    f"needs {expected}; check shape, dtype and offset."
-                )
-            self._array = np.memmap(
-                self.path, dtype=dtype, mode="r", shape=tuple(self.raw_shape), offset=self.raw_offset
-            )
+                    f"{self.path}: holds {size} bytes but shape={shape} dtype={dtype} offset={self.raw_offset} "
+                    f"needs {expected}; {hint}. Fix: check --shape, --dtype and offset (time first unless --axes).")
+            self._array = np.memmap(self.path, dtype=dtype, mode="r", shape=shape, offset=self.raw_offset)
         else:  # pragma: no cover - guarded by the caller
             raise MovieError(f"{self.path}: unknown backend {self.kind!r}")
         return self._array
@@ -253,17 +374,19 @@ class ArraySegment:
         if self.dataset is not None:
             if self.dataset.strip("/") not in [n.strip("/") for n in names]:
                 raise MovieError(
-                    f"{self.path}: has no dataset {self.dataset!r}; datasets with 3 or more axes: "
-                    f"{[n for n in names if ndim_of(n) >= 3]}."
+                    f"{self.path}: has no dataset {self.dataset!r}. Fix: pass one of the datasets with 3 or more "
+                    f"axes: {[n for n in names if ndim_of(n) >= 3]}."
                 )
             return self.dataset
         movies = [n for n in names if ndim_of(n) >= 3]
         if len(movies) == 1:
             return movies[0]
         if not movies:
-            raise MovieError(f"{self.path}: contains no dataset with 3 or more axes (found {names}).")
+            raise MovieError(f"{self.path}: contains no dataset with 3 or more axes (found {names}). Fix: save "
+                             "the movie as one T×H×W dataset, or pass --dataset.")
         raise MovieError(
-            f"{self.path}: contains several possible movies {movies}; pass dataset= to choose one."
+            f"{self.path}: contains several possible movies {movies}. Fix: pass dataset= (--dataset) to "
+            "choose one."
         )
 
     def _h5_dataset(self, f: Any) -> Any:
@@ -302,19 +425,83 @@ class ArraySegment:
         return state
 
     # -- reading -------------------------------------------------------------------
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """Frames at sorted raw ``indices`` as ``(n, *frame_shape)`` in the stored dtype."""
+    def _fetch(self, indices: np.ndarray) -> np.ndarray:
         arr = self._open()
-        indices = np.asarray(indices, dtype=np.int64)
         key: list[Any] = [slice(None)] * len(self.axes)
         key[self.axes.index("t")] = _as_index(indices)
         if "c" in self.axes:
             key[self.axes.index("c")] = self.channel
-        data = np.asarray(arr[tuple(key)])
+        return np.asarray(arr[tuple(key)])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Frames at sorted raw ``indices`` as ``(n, *frame_shape)`` in the stored dtype."""
+        indices = np.asarray(indices, dtype=np.int64)
+        try:
+            data = self._fetch(indices)
+        except MovieError:
+            raise
+        except PermissionError as exc:
+            raise permission_error(self.path) from exc
+        except Exception as exc:  # h5py, zarr and their codecs raise many types for damaged data
+            bad, why = _first_bad_frame(lambda i: self._fetch(np.array([i])), indices, exc)
+            raise MovieError(
+                f"{self.path}: cannot read frame {bad} ({why}): the data there are truncated or "
+                f"corrupt. {FIX_DAMAGED}.") from exc
         data = np.transpose(data, self._perm)
         if data.dtype.byteorder not in ("=", "|"):
             data = data.astype(data.dtype.newbyteorder("="))
         return data
+
+
+def _first_bad_frame(read_one: Any, indices: np.ndarray, exc: BaseException) -> tuple[int, str]:
+    """``(frame, why)``: the first of ``indices`` that fails to read on its own, and its error
+    (after a read of several frames failed with ``exc``; costs only on that error path)."""
+    if len(indices) > 1:
+        for i in indices.tolist():
+            try:
+                read_one(int(i))
+            except Exception as one:
+                return int(i), one_line(one)
+    return (int(indices[0]) if len(indices) else 0), one_line(exc)
+
+
+def _size(path: Path) -> int:
+    return int(os.stat(path).st_size)
+
+
+def _lower(text: str) -> str:
+    """``FIX_DAMAGED`` without its "Fix: " lead, to go inside another fix."""
+    text = text.removeprefix("Fix: ")
+    return text[:1].lower() + text[1:]
+
+
+def _tiff_said(logged: list[str], lead: str = "; tifffile: ") -> str:
+    """The first of tifffile's held-back log messages, for an error message ("" when none)."""
+    if not logged:
+        return ""
+    import re
+
+    text = re.sub(r"^<[^>]*>\s*", "", " ".join(logged[0].split()))
+    return f"{lead}{text[:160]}"
+
+
+def _warn_missing_chunks(path: Path, array: Any, limit: int = 200_000) -> None:
+    """Log a warning when chunk files of a Zarr array are absent: Zarr reads them as its fill
+    value (an absent chunk is how Zarr stores an all-empty one, so this is not an error), but a
+    store copied incompletely looks the same. Lists the store's keys; skipped above ``limit``
+    chunks."""
+    try:
+        total = int(array.nchunks)
+        if total > limit:
+            return
+        present = int(array.nchunks_initialized)
+    except Exception:  # an older zarr, or a store that cannot be listed: nothing to say
+        return
+    if present < total:
+        fill = getattr(array, "fill_value", None)
+        fill = fill.item() if hasattr(fill, "item") else fill
+        log.warning("%s: %d of its %d chunk files are absent and read as the fill value %r; if the store was "
+                    "copied, check that the copy is complete.", path, total - present, total, fill)
 
 
 def _as_index(indices: np.ndarray) -> Any:
@@ -338,54 +525,112 @@ class TiffSegment:
     short then fails when a missing frame is read, with a one-line error); other files go
     through tifffile's series. Compressed pages are read by index from the page chain (no series
     parse per read), so frame ``k`` costs the chain walk to ``k`` and one page.
+
+    A file cut short is refused at open when tifffile finds its page chain broken or, for
+    the others, when its frames' data end past the file's last byte (no frame is read); a
+    compressed file described by its first page is found when a missing frame is read
+    (``somascope run`` reads the first, middle and last frames before any stage). An RGB
+    (multi-sample) file needs ``sample`` (``channel=``/``--channel``): the colour kept.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sample: int | None = None) -> None:
         import tifffile
 
         self.path = Path(path)
         self._tif: Any = None
         self._mm: Any = None
-        try:
-            tif = tifffile.TiffFile(self.path)
-        except Exception as exc:
-            raise MovieError(f"{self.path}: not a readable TIFF file ({exc}).") from exc
-        try:
-            first = tif.pages.first
-            self._compressed = int(getattr(first, "compression", 1)) != 1
-            # an uncompressed file maps at once (tifffile checks its layout cheaply); a compressed
-            # one would have every page header parsed by the series: its description says it
-            layout = _described_layout(tif) if self._compressed else None
-            if layout is None:
-                series = tif.series[0]
-                axes, shape = series.axes, tuple(int(s) for s in series.shape)
-                self.dtype = np.dtype(series.dtype).newbyteorder("=")
-                indices = [getattr(pg, "index", None) for pg in (series.pages[0], series.pages[-1])] \
-                    if len(series.pages) else [None, None]
-            else:
-                axes, shape = layout
-                self.dtype = np.dtype(first.dtype).newbyteorder("=")
-                indices = [0, None]
-            if "S" in axes and shape[axes.index("S")] > 1:
+        self.sample: int | None = None
+        with tiff_log() as logged:
+            try:
+                tif = tifffile.TiffFile(self.path)
+            except PermissionError as exc:
+                raise permission_error(self.path) from exc
+            except Exception as exc:
+                raise MovieError(f"{self.path}: not a readable TIFF file ({one_line(exc)}). Fix: check that it is "
+                                 f"a TIFF movie; if it is, {_lower(FIX_DAMAGED)}.") from exc
+            try:
+                self._init(tif, sample, logged)
+            except MovieError:
+                raise
+            except Exception as exc:
+                raise MovieError(f"{self.path}: not a readable TIFF movie ({one_line(exc)}"
+                                 f"{_tiff_said(logged)}). {FIX_DAMAGED}.") from exc
+            finally:
+                tif.close()
+
+    def _init(self, tif: Any, sample: int | None, logged: list[str]) -> None:
+        first = tif.pages.first
+        self._compressed = int(getattr(first, "compression", 1)) != 1
+        # an uncompressed file maps at once (tifffile checks its layout cheaply); a compressed
+        # one would have every page header parsed by the series: its description says it
+        layout = _described_layout(tif) if self._compressed else None
+        series = None
+        if layout is None:
+            series = tif.series[0]
+            axes, shape = series.axes, tuple(int(s) for s in series.shape)
+            self.dtype = np.dtype(series.dtype).newbyteorder("=")
+            indices = [getattr(pg, "index", None) for pg in (series.pages[0], series.pages[-1])] \
+                if len(series.pages) else [None, None]
+        else:
+            axes, shape = layout
+            self.dtype = np.dtype(first.dtype).newbyteorder("=")
+            indices = [0, None]
+        broken = [m for m in logged if "invalid page offset" in m]
+        if broken:  # the chain of pages points past the end of the file: cut short
+            raise MovieError(f"{self.path}: is truncated or corrupt: its list of pages breaks "
+                             f"({_tiff_said(broken, lead='tifffile: ')}; file size {_size(self.path)} bytes). "
+                             f"{FIX_DAMAGED}.")
+        yx = axes.index("Y")
+        lead = yx
+        if "S" in axes and shape[axes.index("S")] > 1:
+            n_s = shape[axes.index("S")]
+            if sample is None:
                 raise MovieError(
-                    f"{self.path}: is an RGB/multi-sample TIFF (axes {axes}); save it as "
-                    "one grey channel per page, or split the colour channels before loading."
-                )
-            self.series_axes = axes
-            yx = axes.index("Y")
-            self.frame_shape = (shape[yx], shape[yx + 1])
-            self.n_raw = int(np.prod(shape[:yx], dtype=np.int64)) if yx > 0 else 1
-            self.hyperstack = {a: shape[i] for i, a in enumerate(axes[:yx]) if shape[i] > 1}
-            # pages of the frames are pages first_page … first_page + n_raw − 1 of the file
-            self._first_page = indices[0] if isinstance(indices[0], int) and (
-                layout is not None or indices[1] == indices[0] + self.n_raw - 1) else None
-            self.metadata = _tiff_metadata(tif)
-        except MovieError:
-            raise
-        except Exception as exc:
-            raise MovieError(f"{self.path}: not a readable TIFF movie ({one_line(exc)}).") from exc
-        finally:
-            tif.close()
+                    f"{self.path}: is an RGB/multi-sample TIFF ({n_s} samples per pixel, axes {axes}). Fix: pass "
+                    f"--channel 0..{n_s - 1} (Python: channel=) to keep one colour channel, or save one grey "
+                    "channel per page.")
+            if not 0 <= int(sample) < n_s:
+                raise MovieError(f"{self.path}: channel={sample} out of range: the file has {n_s} samples per "
+                                 f"pixel. Fix: pass --channel 0..{n_s - 1}.")
+            self.sample = int(sample)
+            lead = min(yx, axes.index("S"))
+        self.series_axes = axes
+        self.frame_shape = (shape[yx], shape[yx + 1])
+        # per stored frame as tifffile gives it: (H, W), or with the samples axis (H, W, S) / (S, H, W)
+        self._stored_frame = tuple(shape[lead:])
+        self._sample_axis = axes[lead:].index("S") if self.sample is not None else None
+        self.n_raw = int(np.prod(shape[:lead], dtype=np.int64)) if lead > 0 else 1
+        self.hyperstack = {a: shape[i] for i, a in enumerate(axes[:lead]) if shape[i] > 1}
+        # pages of the frames are pages first_page … first_page + n_raw − 1 of the file
+        self._first_page = indices[0] if isinstance(indices[0], int) and (
+            layout is not None or indices[1] == indices[0] + self.n_raw - 1) else None
+        self.metadata = _tiff_metadata(tif)
+        if series is not None:
+            self._check_size(series)
+
+    def _check_size(self, series: Any) -> None:
+        """Refuse a file whose frames end past its last byte (cut short by a copy or a crash):
+        from the layout of a contiguous series, else from the last page's data offsets; no
+        frame is read."""
+        size = _size(self.path)
+        frame_bytes = int(np.prod(self._stored_frame, dtype=np.int64)) * self.dtype.itemsize
+        offset = getattr(series, "dataoffset", None)
+        if offset is not None and not self._compressed:
+            need = int(offset) + self.n_raw * frame_bytes
+            if need > size:
+                whole = max(0, (size - int(offset)) // frame_bytes) if frame_bytes else 0
+                raise MovieError(
+                    f"{self.path}: is truncated: its {self.n_raw} frames need {need} bytes but the file holds {size} "
+                    f"(only the first {whole} frames are complete). {FIX_DAMAGED}.")
+            return
+        if len(series.pages) != self.n_raw:
+            return
+        last = series.pages[-1]
+        ends = [int(o) + int(n) for o, n in zip(getattr(last, "dataoffsets", ()), getattr(last, "databytecounts", ()))]
+        if ends and max(ends) > size:
+            raise MovieError(
+                f"{self.path}: is truncated: the data of its last frame ({self.n_raw - 1}) end at byte {max(ends)} but "
+                f"the file holds {size}. {FIX_DAMAGED}.")
 
     def _open(self) -> None:
         if self._mm is None and self._tif is None:
@@ -394,7 +639,7 @@ class TiffSegment:
             if not self._compressed:
                 try:
                     mm = tifffile.memmap(self.path, mode="r")
-                    self._mm = mm.reshape((self.n_raw, *self.frame_shape))
+                    self._mm = mm.reshape((self.n_raw, *self._stored_frame))
                     return
                 except (ValueError, OSError):
                     pass
@@ -404,26 +649,48 @@ class TiffSegment:
                 self._tif.pages.set_keyframe(self._first_page)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        self._open()
         indices = np.asarray(indices, dtype=np.int64)
-        if self._mm is not None:
-            data = np.asarray(self._mm[_as_index(indices)])
-        else:
-            if self._first_page is not None:
-                pages, base = self._tif.pages, self._first_page
-            else:
-                pages, base = (self._tif.series[0].pages if self.n_raw > 1 else self._tif.pages), 0
+        with tiff_log() as logged:
             try:
-                data = np.stack([pages[base + int(i)].asarray() for i in indices]) if len(indices) else (
-                    np.empty((0, *self.frame_shape), self.dtype)
-                )
-            except (IndexError, ValueError, OSError) as exc:
-                raise MovieError(f"{self.path}: cannot read frames {indices[:3].tolist()}… "
-                                 f"({one_line(exc)}); the file may be truncated.") from exc
-        data = data.reshape((len(indices), *self.frame_shape))
+                data = self._read(indices)
+            except MovieError:
+                raise
+            except PermissionError as exc:
+                raise permission_error(self.path) from exc
+            except Exception as exc:  # tifffile and its codecs raise many types for damaged files
+                bad, why = _first_bad_frame(lambda i: self._read(np.array([i])), indices, exc)
+                raise MovieError(
+                    f"{self.path}: cannot read frame {bad} ({why}{_tiff_said(logged)}): the file is truncated "
+                    f"or corrupt. {FIX_DAMAGED}.") from exc
+        data = data.reshape((len(indices), *self._stored_frame))
+        if self.sample is not None:
+            data = np.take(data, self.sample, axis=1 + int(self._sample_axis or 0))
         if data.dtype.byteorder not in ("=", "|"):
             data = data.astype(data.dtype.newbyteorder("="))
         return data
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        self._open()
+        if self._mm is not None:
+            return np.asarray(self._mm[_as_index(indices)])
+        if self._first_page is not None:
+            pages, base = self._tif.pages, self._first_page
+        else:
+            pages, base = (self._tif.series[0].pages if self.n_raw > 1 else self._tif.pages), 0
+        if not len(indices):
+            return np.empty((0, *self._stored_frame), self.dtype)
+        frames = []
+        for i in indices:
+            try:
+                page = pages[base + int(i)]
+            except IndexError:
+                raise MovieError(f"{self.path}: frame {int(i)} is missing: the file ends before it (the file is "
+                                 f"truncated). {FIX_DAMAGED}.") from None
+            if page is None:
+                raise MovieError(f"{self.path}: frame {int(i)} is missing (the file is truncated or corrupt). "
+                                 f"{FIX_DAMAGED}.")
+            frames.append(page.asarray())
+        return np.stack(frames)
 
     def close(self) -> None:
         if self._tif is not None:
@@ -521,31 +788,42 @@ def segment_for(
     chosen by extension (:data:`READERS` first; Zarr also when a folder has ``.zarray`` or
     ``zarr.json``)."""
     ext = path.suffix.lower()
-    if not path.exists():
-        raise MovieError(f"{path}: no such file or folder; check the path (cwd is {os.getcwd()}).")
     if reader is None:
         reader = reader_for(path)
+    # formats with a reader of their own say themselves what is wrong with an empty file
+    probe_path(path, empty_ok=reader is not None)
     if reader is not None:
         return reader.segment_class()(path, channel=channel)
     if path.is_dir() and ext not in ZARR_EXTENSIONS:
         if (path / ".zarray").exists() or (path / "zarr.json").exists() or (path / ".zgroup").exists():
             ext = ".zarr"
     if ext in TIFF_EXTENSIONS:
+        if path.is_dir():
+            raise MovieError(f"{path}: is a folder, not a TIFF file. Fix: pass the movie file itself, or a "
+                             "folder holding .tif files.")
         if axes is not None:
             raise MovieError(
-                f"{path}: axes= is for arrays (HDF5, Zarr, NPY, raw); TIFF pages are frames — use "
-                "n_channels/channel and n_planes/plane for interleaved ScanImage-style files."
+                f"{path}: axes= is for arrays (HDF5, Zarr, NPY, raw); TIFF pages are frames. Fix: drop --axes; "
+                "use n_channels/channel and n_planes/plane for interleaved ScanImage-style files."
             )
-        return TiffSegment(path)
+        if shape is not None or dtype is not None:
+            raise MovieError(f"{path}: shape= and dtype= describe raw binary files; a TIFF file stores its own. "
+                             "Fix: drop --shape and --dtype.")
+        return TiffSegment(path, sample=channel)
     kinds = {**dict.fromkeys(HDF5_EXTENSIONS, "hdf5"), **dict.fromkeys(ZARR_EXTENSIONS, "zarr"),
              **dict.fromkeys(NPY_EXTENSIONS, "npy"), **dict.fromkeys(RAW_EXTENSIONS, "raw")}
     if ext not in kinds:
         raise MovieError(
-            f"{path}: unsupported file type {ext or '(no extension)'!r}; somascope reads "
-            f"{', '.join(SUPPORTED + tuple(e for r in READERS for e in r.extensions))} and the "
-            "folders of Miniscope, Bruker and suite2p recordings (docs/formats.md; for other formats "
-            "convert to TIFF, or pass an array)."
+            f"{path}: unsupported file type {ext or '(no extension)'!r}. Fix: pass one of "
+            f"{', '.join(SUPPORTED + tuple(e for r in READERS for e in r.extensions))} or a "
+            "folder of a Miniscope, Bruker or suite2p recording (docs/formats.md); convert other formats "
+            "to TIFF, or pass an array."
         )
+    if kinds[ext] != "raw" and (shape is not None or dtype is not None):
+        raise MovieError(f"{path}: shape= and dtype= describe raw binary files (.raw, .bin, .dat); this file "
+                         "stores its own. Fix: drop --shape and --dtype.")
+    if kinds[ext] in ("hdf5", "npy", "raw") and path.is_dir():
+        raise MovieError(f"{path}: is a folder, not a {ext} file. Fix: pass the movie file itself.")
     return ArraySegment(
         path, kinds[ext], dataset=dataset, axes=axes, channel=channel,
         raw_shape=shape, raw_dtype=dtype, raw_offset=offset,

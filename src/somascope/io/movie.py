@@ -8,6 +8,7 @@ frame) is undone by ``n_channels``/``channel`` and ``n_planes``/``plane``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,9 +16,36 @@ from typing import Any
 
 import numpy as np
 
-from .backends import SUPPORTED, TIFF_EXTENSIONS, ArraySegment, TiffSegment, claim, reader_for, segment_for
+from .backends import (SUPPORTED, TIFF_EXTENSIONS, ArraySegment, TiffSegment, claim, permission_error, reader_for,
+                       segment_for)
 from .chunks import iter_chunks
 from .errors import MovieError
+
+log = logging.getLogger("somascope.io")
+
+#: More channels than this in an ImageJ hyperstack without frames are frames (see open_movie).
+MAX_IMAGEJ_CHANNELS = 4
+
+
+def min_frames() -> int:
+    """The pipeline's one minimum number of frames, :data:`somascope.cnmf.fit.MIN_FRAMES`
+    (imported only when a message needs it: io sits below cnmf)."""
+    from ..cnmf.fit import MIN_FRAMES
+
+    return int(MIN_FRAMES)
+
+
+def check_dtype(path: Any, dtype: np.dtype) -> None:
+    """Refuse data types that are not intensities: complex, text, objects, records, times."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise MovieError(
+            f"{path}: holds complex numbers ({dtype}); a fluorescence movie is real. Fix: save the magnitude "
+            "(numpy.abs) or the real part (.real) as float32, e.g. numpy.save('movie.npy', numpy.abs(data)).")
+    if dtype.kind not in "biuf":
+        raise MovieError(
+            f"{path}: holds {dtype} values, not numbers. Fix: save the movie as integers or floats "
+            "(uint16, int16, float32).")
 
 PathLike = str | Path
 
@@ -48,8 +76,13 @@ class Movie:
             if seg.frame_shape != first.frame_shape:
                 raise MovieError(
                     f"{seg.path}: frame shape {seg.frame_shape} differs from {first.path} "
-                    f"{first.frame_shape}; files concatenated in time must have equal frame shapes."
+                    f"{first.frame_shape}; files concatenated in time must have equal frame shapes. Fix: "
+                    "move the files of other recordings out of the folder (or list the files to use)."
                 )
+            if np.dtype(seg.dtype) != np.dtype(first.dtype):
+                log.info("%s: dtype %s differs from %s (%s); frames are read as %s", seg.path, seg.dtype,
+                         first.path, first.dtype, first.dtype)
+        check_dtype(first.path, first.dtype)
         self.dtype = np.dtype(first.dtype)
         self._offsets = np.cumsum([0] + [s.n_raw for s in self._segments])
         n_raw = int(self._offsets[-1])
@@ -58,14 +91,15 @@ class Movie:
             raise MovieError("n_channels and n_planes must be >= 1.")
         if self.n_channels > 1 and channel is None:
             raise MovieError(
-                f"{first.path}: frames interleave {self.n_channels} channels; pass channel= "
-                f"(0..{self.n_channels - 1}) to choose the functional channel."
+                f"{first.path}: frames interleave {self.n_channels} channels. Fix: pass channel= (--channel) "
+                f"0..{self.n_channels - 1} to choose the functional channel."
             )
         self.channel = 0 if channel is None else int(channel)
         if not 0 <= self.channel < self.n_channels:
-            raise MovieError(f"{first.path}: channel={channel} out of range 0..{self.n_channels - 1}.")
+            raise MovieError(f"{first.path}: channel={channel} out of range. Fix: pass --channel "
+                             f"0..{self.n_channels - 1} (with --n-channels for interleaved channels).")
         if plane is not None and not 0 <= int(plane) < self.n_planes:
-            raise MovieError(f"{first.path}: plane={plane} out of range 0..{self.n_planes - 1}.")
+            raise MovieError(f"{first.path}: plane={plane} out of range. Fix: pass --plane 0..{self.n_planes - 1}.")
         self.plane = None if plane is None else int(plane)
         if self.n_planes > 1 and len(first.frame_shape) == 3:
             raise MovieError(f"{first.path}: data are already volumetric; n_planes must be 1.")
@@ -75,7 +109,8 @@ class Movie:
         if n_frames == 0:
             raise MovieError(
                 f"{first.path}: contains no complete frame (stored frames: {n_raw}, "
-                f"interleave period: {self._period}); the file is empty or the interleaving is wrong."
+                f"interleave period: {self._period}); the file is empty or the interleaving is wrong. Fix: "
+                f"pass a movie of at least {min_frames()} frames, or check --n-channels / --n-planes."
             )
         if self.n_planes > 1 and self.plane is None:
             self._planes = list(range(self.n_planes))
@@ -146,12 +181,13 @@ class Movie:
         """Scan the movie in chunks for NaN/Inf values.
 
         Returns ``{"nan": int, "inf": int, "frames": [first few bad frame indices]}``.
-        Integer movies cannot hold NaN and are reported clean without reading.
+        Every frame is read, so a file damaged anywhere raises :class:`MovieError`; integer
+        movies cannot hold NaN and are only read.
         """
         report: dict[str, Any] = {"nan": 0, "inf": 0, "frames": []}
-        if not np.issubdtype(self.dtype, np.floating):
-            return report
         for t0, block in iter_chunks(self, chunk_frames, dtype=None, progress=progress, desc="checking"):
+            if not np.issubdtype(block.dtype, np.floating):
+                continue
             nan = np.isnan(block)
             inf = np.isinf(block)
             report["nan"] += int(nan.sum())
@@ -194,17 +230,30 @@ def _expand_paths(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
         if path.is_dir() and path.suffix.lower() != ".zarr" and not any(
             (path / m).exists() for m in (".zarray", ".zgroup", "zarr.json")
         ):
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in TIFF_EXTENSIONS)
+            try:
+                entries = list(path.iterdir())
+            except PermissionError as exc:
+                raise permission_error(path) from exc
+            files = sorted(p for p in entries if p.suffix.lower() in TIFF_EXTENSIONS and not p.is_dir())
             if not files:
+                if path.suffix.lower() in SUPPORTED:
+                    what = (f"is a folder, not a {path.suffix} file, and holds no TIFF files"
+                            + ("" if entries else " (it is empty)"))
+                elif not entries:
+                    what = "is an empty folder"
+                else:
+                    names = sorted(p.name for p in entries)
+                    what = (f"is a folder holding no TIFF files ({len(names)} other entries: "
+                            f"{', '.join(names[:4])}{', …' if len(names) > 4 else ''})")
                 raise MovieError(
-                    f"{path}: folder holds no TIFF files to concatenate; point to a file, or a "
-                    f"folder of .tif files (supported single files: {', '.join(SUPPORTED)})."
+                    f"{path}: {what}. Fix: point to a movie file, or a folder of .tif files to concatenate in "
+                    f"time (single files: {', '.join(SUPPORTED)}; docs/formats.md)."
                 )
             return _natural_sort(files)
         return [path]
     paths = [Path(p).expanduser() for p in path_or_paths]
     if not paths:
-        raise MovieError("open_movie got an empty list of paths; pass at least one file.")
+        raise MovieError("open_movie got an empty list of paths. Fix: pass at least one file.")
     return paths
 
 
@@ -269,6 +318,21 @@ def open_movie(
         Missing file, unsupported extension, a 2-D image, ambiguous axes, zero frames,
         mismatched files, bad channel/plane selection; the message names the file and the fix.
     """
+    try:
+        return _open_movie(path_or_paths, dataset=dataset, axes=axes, frame_rate=frame_rate, n_channels=n_channels,
+                           channel=channel, n_planes=n_planes, plane=plane, shape=shape, dtype=dtype, offset=offset)
+    except PermissionError as exc:  # a folder or file this user cannot read, met by a reader
+        raise permission_error(exc.filename or path_or_paths) from exc
+    except (IsADirectoryError, NotADirectoryError) as exc:
+        raise MovieError(f"{exc.filename or path_or_paths}: {exc.strerror or exc}. Fix: pass the movie file "
+                         "(or the recording's folder) itself.") from exc
+
+
+def _open_movie(
+    path_or_paths: PathLike | Sequence[PathLike], *, dataset: str | None, axes: str | None,
+    frame_rate: float | None, n_channels: int | None, channel: int | None, n_planes: int | None,
+    plane: int | None, shape: tuple[int, ...] | None, dtype: Any, offset: int,
+) -> Movie:
     claimed = None
     if isinstance(path_or_paths, (str, Path)) and Path(path_or_paths).expanduser().exists():
         claimed = claim(Path(path_or_paths).expanduser())
@@ -289,17 +353,27 @@ def open_movie(
         return Movie(segments, n_channels=int(n_channels or 1), channel=None, n_planes=n_pl, plane=plane,
                      frame_rate=rate, metadata=meta)
     array_channel = channel if (axes is not None and "c" in axes.lower()) else None
+    # a TIFF's channel is a colour sample when its pixels hold several (RGB), unless channels interleave
+    tiff_sample = channel if n_channels in (None, 1) else None
     segments = [
-        segment_for(p, dataset=dataset, axes=axes, channel=array_channel, shape=shape, dtype=dtype, offset=offset)
+        segment_for(p, dataset=dataset, axes=axes,
+                    channel=tiff_sample if p.suffix.lower() in TIFF_EXTENSIONS else array_channel,
+                    shape=shape, dtype=dtype, offset=offset)
         for p in paths
     ]
     first = segments[0]
+    if isinstance(first, TiffSegment) and first.sample is not None:
+        channel = None  # spent on the colour sample
     name = "TIFF" if isinstance(first, TiffSegment) else {"hdf5": "HDF5", "zarr": "Zarr", "npy": "NPY"}.get(
         first.kind, "raw binary")
     meta: dict[str, Any] = {"paths": [str(p) for p in paths], "format": name}
     if isinstance(first, TiffSegment):
         meta.update(first.metadata)
-        if first.hyperstack:
+        if set(first.hyperstack) == {"C"} and first.hyperstack["C"] > MAX_IMAGEJ_CHANNELS and n_channels is None:
+            # an ImageJ stack saved without axes (tifffile imagej=True on a T×H×W array) says "channels=T"
+            log.info("%s: an ImageJ stack of %d 'channels' and no frames: read as %d frames",
+                     first.path, first.hyperstack["C"], first.hyperstack["C"])
+        elif first.hyperstack:
             meta["tiff_axes"] = first.series_axes
             meta.setdefault("n_channels", first.hyperstack.get("C", 1))
             meta.setdefault("n_planes", first.hyperstack.get("Z", 1))
@@ -307,8 +381,9 @@ def open_movie(
             meta["single_frame_files"] = True
         elif len(segments) == 1 and first.n_raw == 1:
             raise MovieError(
-                f"{first.path}: is a single 2-D image of shape {first.frame_shape}, not a movie. "
-                "Pass several images (a list or a folder) to build a movie."
+                f"{first.path}: is a single 2-D image of shape {first.frame_shape}, not a movie (1 frame; the "
+                f"pipeline needs at least {min_frames()} frames). Fix: pass a file holding frames over time, or "
+                "several images (a list or a folder) to build a movie."
             )
     else:
         meta["axes"] = first.axes

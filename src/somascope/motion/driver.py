@@ -109,7 +109,8 @@ def _read(src: Any, t0: int, t1: int) -> np.ndarray:
     totals = frames.reshape(len(frames), -1).sum(axis=1, dtype=np.float64)  # NaN/Inf anywhere → not finite
     if not np.all(np.isfinite(totals)):
         bad = np.flatnonzero(~np.isfinite(totals))[:5] + t0
-        raise ValueError(f"frames {bad.tolist()} of the movie contain NaN or Inf; fill them (e.g. with the "
+        name = getattr(src, "path", None) or (getattr(src, "paths", None) or ["the movie"])[0]
+        raise ValueError(f"{name}: frames {bad.tolist()} contain NaN or Inf. Fix: fill them (e.g. with the "
                          "frame's median) or cut them out before motion correction.")
     return frames
 

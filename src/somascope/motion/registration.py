@@ -374,6 +374,6 @@ def check_max_shifts(dims: Sequence[int], max_shifts: Sequence[int] | int, what:
         limit = tuple((d - 3) // 2 for d in dims)
         raise ValueError(
             f"max_shifts={m} px is too large for a {what} of shape {dims}: a shift must leave part of the {what} "
-            f"overlapping the template (at most {limit} px here); lower max_shifts"
+            f"overlapping the template (at most {limit} px here). Fix: lower max_shifts"
             + (" or max_deviation_rigid, or use larger patches (strides + overlaps)." if what == "patch" else "."))
     return m

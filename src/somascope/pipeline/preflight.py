@@ -3,9 +3,11 @@
 :func:`prepare` opens the movie lazily, settles the frame rate and neuron size, builds the
 :class:`~somascope.params.Params` and refuses, with a message naming the fix, what cannot
 work: an unknown frame rate, a neuron larger than a patch or the frame, a movie too short,
-an output path that is a file. :func:`check_resources` then compares the predicted disk need
-with the free space (refusing when short) and the predicted memory with the available memory
-(warning only). Both take well under a second: nothing reads frames.
+an output path that is a file; and, reading only the first, middle and last frames
+(:func:`check_frames`), a file cut short or damaged, NaN/Inf in those frames and a blank
+(constant) movie. :func:`check_resources` then compares the predicted disk need with the free
+space (refusing when short) and the predicted memory with the available memory (warning only).
+Both take well under a second for any movie size: three frames are read, never the whole movie.
 
 Parameters are built in this order, later ones winning:
 
@@ -121,6 +123,9 @@ def _params_source(params: Any) -> tuple[Any, dict[str, Any] | None, str]:
         return None, dict(params), "params dict"
     if isinstance(params, (str, os.PathLike)):
         path = Path(params)
+        if path.is_dir():
+            raise PipelineError(f"the parameters file {str(path)!r} is a folder. Fix: give the .yaml/.yml "
+                                "or .json file inside it.")
         if not path.is_file():
             raise PipelineError(f"the parameters file {str(path)!r} does not exist. Fix: check the path "
                                 "(a .yaml/.yml or .json file).")
@@ -195,7 +200,9 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
 
     ndim = len(movie.shape) - 1
     r0 = (DEFAULT_RADIUS_PX,) * ndim
-    base_fr = float(movie_fr) if movie_fr else 30.0
+    # the rate the defaults derive from: the one that will be used (a movie's metadata only when
+    # nothing else names one — an absurd rate in a header must not fail a run given --fr)
+    base_fr = float(fr) if fr is not None else (float(movie_fr) if fr_source == "movie metadata" else 30.0)
     if obj is not None:
         p = obj
     else:
@@ -256,7 +263,7 @@ def check_movie(movie: Any, params: Any) -> None:
     gsiz = tuple(int(s) for s in params.init.gSiz)
     if any(g > d for g, d in zip(gsiz, dims)):
         raise PipelineError(
-            f"a neuron (bounding box init.gSiz={gsiz} px, radius {_fmt_axes(params.data.neuron_radius)} px) is "
+            f"{name}: a neuron (bounding box init.gSiz={gsiz} px, radius {_fmt_axes(params.data.neuron_radius)} px) is "
             f"larger than the frame {dims}. Fix: check --radius (half a cell body's width in pixels).")
     rf = params.patch.rf
     if rf is not None and any(g > r for g, r in zip(gsiz, rf)):
@@ -264,6 +271,50 @@ def check_movie(movie: Any, params: Any) -> None:
             f"a neuron (init.gSiz={gsiz} px) does not fit in a patch (patch.rf={tuple(rf)}: patches are "
             f"{tuple(2 * r for r in rf)} px wide and must hold two neurons across). Fix: set patch.rf ≥ {gsiz}, "
             "or patch.rf: null to process the whole field of view, or check --radius.")
+
+
+def check_frames(movie: Any) -> None:
+    """Read the first, middle and last frames of ``movie``: a file cut short or damaged fails
+    here with one clear :class:`~somascope.io.MovieError` instead of inside a stage, and so do
+    NaN/Inf values in those frames; a movie whose three frames each hold one single value, the
+    same in all three, is refused as blank. NaN/Inf in other frames are refused by motion
+    correction when it reads them (it checks every frame)."""
+    import numpy as np
+
+    from ..io import MovieError
+    from ..io.errors import one_line
+
+    T = int(movie.shape[0])
+    name = str(movie.paths[0]) if getattr(movie, "paths", None) else "the movie"
+    if len(getattr(movie, "paths", [])) > 1:
+        name += f" (+{len(movie.paths) - 1} files)"
+    fix_damaged = ("Fix: copy or export the movie again from the original (compare its size with the source); a "
+                   "file still being written must be finished first")
+    frames = {}
+    for t in sorted({0, T // 2, T - 1}):
+        try:
+            frame = np.asarray(movie[t])
+        except MovieError:
+            raise
+        except Exception as exc:  # a reader that does not translate its library's errors
+            raise MovieError(f"{name}: cannot read frame {t} of {T} ({one_line(exc)}): the file is truncated or "
+                             f"corrupt. {fix_damaged}.") from exc
+        if frame.dtype.kind == "f":
+            nan, inf = int(np.isnan(frame).sum()), int(np.isinf(frame).sum())
+            if nan or inf:
+                raise MovieError(
+                    f"{name}: frame {t} holds {nan} NaN and {inf} Inf values; motion correction and CNMF need "
+                    "finite numbers. Fix: replace them (e.g. with the frame's median: numpy.nan_to_num or "
+                    "frame[~numpy.isfinite(frame)] = numpy.nanmedian(frame)) or cut those frames out, and save "
+                    "the movie again.")
+        frames[t] = frame
+    values = {(float(f.flat[0]) if f.size else 0.0) for f in frames.values()}
+    if len(values) == 1 and all(f.size and f.min() == f.max() for f in frames.values()):
+        listed = ", ".join(map(str, frames))
+        raise MovieError(
+            f"{name}: is blank: frames {listed} each hold the single value {values.pop():g} at every pixel, so "
+            "there is no activity to find. Fix: check the recording (a closed shutter or an unplugged detector) "
+            "and the choice of --channel / --dataset.")
 
 
 def check_motion(params: Any, dims: tuple[int, ...]) -> None:
@@ -288,6 +339,7 @@ def prepare(movie: Any, out: str | os.PathLike[str], params: Any = None, *, fr: 
             raise PipelineError(f"the movie has {len(mov.shape) - 1} spatial axes but the parameters describe "
                                 f"{p.ndim} (data.dxy={p.data.dxy}). Fix: give one value per spatial axis.")
         check_movie(mov, p)
+        check_frames(mov)
         if motion:
             check_motion(p, tuple(int(s) for s in mov.shape[1:]))
     except BaseException:

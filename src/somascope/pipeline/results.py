@@ -38,7 +38,7 @@ RESULTS_FILE = "results.h5"
 NWB_FILE = "results.nwb"
 REPORT_DIR = "report"
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "PipelineResults", "load_results", "write_results"]
+__all__ = ["FORMAT", "SCHEMA_VERSION", "PipelineResults", "check_schema", "load_results", "write_results"]
 
 
 @dataclass
@@ -120,6 +120,26 @@ def write_results_file(path: Path, est: Any, *, motion: Any, summary: Any, param
     return path
 
 
+def check_schema(fh: Any, path: str | os.PathLike[str]) -> None:
+    """Refuse an open results file (``h5py.File``) written by a newer somascope: a pipeline
+    schema or an estimates schema newer than this version reads. For every reader of
+    ``results.h5`` (:func:`load_results`, the viewer) before it reads anything else."""
+    from ..cnmf.estimates import SCHEMA_VERSION as ESTIMATES_SCHEMA
+    from ..cnmf.estimates import ResultsFileError
+
+    version = int(fh.attrs.get("pipeline_schema_version", 0))
+    if version > SCHEMA_VERSION:
+        raise ResultsFileError(f"{path}: written by a newer somascope (pipeline schema {version} > "
+                               f"{SCHEMA_VERSION}). Fix: upgrade somascope to read it (pip install -U somascope).")
+    group = fh if fh.attrs.get("format") is not None else fh.get("estimates")
+    if group is not None:
+        est_version = int(group.attrs.get("schema_version", 0))
+        if est_version > ESTIMATES_SCHEMA:
+            raise ResultsFileError(f"{path}: written by a newer somascope (results schema version {est_version} > "
+                                   f"{ESTIMATES_SCHEMA}). Fix: upgrade somascope to read it (pip install -U "
+                                   "somascope).")
+
+
 def load_results(path: str | os.PathLike[str]) -> PipelineResults:
     """Read a pipeline results file written by ``somascope run``."""
     import h5py
@@ -134,10 +154,7 @@ def load_results(path: str | os.PathLike[str]) -> PipelineResults:
         if fh.attrs.get("pipeline_format") != FORMAT:
             raise ResultsFileError(f"{p}: not a somascope pipeline results file (no pipeline_format="
                                    f"{FORMAT!r} attribute); read plain estimates with Estimates.load.")
-        version = int(fh.attrs.get("pipeline_schema_version", 0))
-        if version > SCHEMA_VERSION:
-            raise ResultsFileError(f"{p}: written by a newer somascope (pipeline schema {version} > "
-                                   f"{SCHEMA_VERSION}). Fix: upgrade somascope to read it.")
+        check_schema(fh, p)
         est = read_estimates(fh["estimates"])
         motion = None
         if "motion" in fh:

@@ -8,6 +8,15 @@ from their manifests, :mod:`~somascope.pipeline.manifest`) → disk/memory check
 looks finished. ``OUT/results.h5`` is removed before any stage runs and written (atomically)
 only by the last stage. ``OUT/run.log`` collects the log of every run (appended).
 
+Nothing is written into OUT before the run passed its checks (preflight, the plan, disk space,
+another movie's run in OUT, the lock): a refused run leaves no ``params.yaml``, ``run.log`` or
+``stages/``. A run that fails before finishing any stage in a folder it created removes that
+folder. ``OUT/.lock`` (``host:pid``, created atomically, removed at the end) keeps a second run
+out of the folder; the lock of a run that died on this host is taken over. A full or read-only
+output disk, or a lost Dask cluster, raises :class:`~somascope.pipeline.errors.RunFault`, and
+Ctrl-C :class:`~somascope.pipeline.errors.RunInterrupted`; both say which finished stages were
+kept. The test hook :data:`TEST_HOLD_ENV` stops a run inside a stage (for the fault tests only).
+
 With ``stage_cache=DIR`` (the batch manager's shared stages) every stage but ``results`` lives
 in ``DIR/<stage>/<key>/`` instead, where ``key`` hashes the stage's identity (inputs, parameters,
 settings, upstream digests, version; :func:`cache_key`): runs of other parameter variants of the
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import RunFault, RunInterrupted, as_fault, kept_text
 from .manifest import Expected, canonical, compare, read_manifest, write_manifest
 from .preflight import PipelineError, Prepared, check_nwb_metadata, check_resources, prepare
 from .resources import EngineHandle, PeakMemory, ResourceEstimate, estimate_resources, human_bytes
@@ -137,6 +147,7 @@ class RunContext:
     stage_dirs: dict[str, Path] = field(default_factory=dict)
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
+    current_stage: str | None = None
     _products: dict[str, dict[str, Any]] = field(default_factory=dict)
     _store: Any = None
     _analysis_store: Any = None
@@ -297,9 +308,37 @@ def _install(partial: Path, final: Path) -> None:
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
-    os.replace(partial, final)
+    try:
+        os.replace(partial, final)
+    except BaseException:
+        if old is not None:  # put the earlier output back
+            os.replace(old, final)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+#: Test-only hook (for the fault tests of tests/test_reliability_runs.py): with this variable
+#: set to ``STAGE`` (or ``STAGE:start``) the run stops inside that stage, after the stage wrote
+#: its outputs into ``<stage>.partial`` but before its manifest (or, with ``:start``, before the
+#: stage began), logs ``test hook SOMASCOPE_TEST_HOLD_STAGE: holding in stage STAGE`` to
+#: ``OUT/run.log`` and sleeps until a signal ends it (SIGKILL, SIGINT), at most 10 minutes.
+#: Unset (always, outside those tests) it does nothing.
+TEST_HOLD_ENV = "SOMASCOPE_TEST_HOLD_STAGE"
+
+
+def _test_hold(stage: str, when: str) -> None:
+    """The :data:`TEST_HOLD_ENV` hook: a no-op unless that variable names this stage and moment."""
+    wanted = os.environ.get(TEST_HOLD_ENV)
+    if not wanted:
+        return
+    name, _, moment = wanted.partition(":")
+    if name != stage or (moment or "end") != when:
+        return
+    log.info("test hook %s: holding in stage %s (%s, pid %d)", TEST_HOLD_ENV, stage, when, os.getpid())
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _say(ctx: RunContext, message: str) -> None:
@@ -319,24 +358,28 @@ def _run_stage(stage: Stage, ctx: RunContext, expected: Expected, reasons: list[
     partial.mkdir(parents=True)
     why = "; ".join(reasons)
     _say(ctx, f"[{index}/{n_stages}] {stage.name} … ({stage.description}; runs because {why})")
+    ctx.current_stage = stage.name
     started, t0 = time.time(), time.perf_counter()
     try:
+        _test_hold(stage.name, "start")
         with PeakMemory() as peak:
             outcome = stage.run(ctx, partial)
+        _test_hold(stage.name, "end")
+        seconds = time.perf_counter() - t0
+        if stage.name == "results" or ctx.cached(stage.name):
+            outputs = list(outcome.outputs)
+        else:
+            outputs = [f"{STAGES_DIR}/{stage.name}/{o}" for o in outcome.outputs]
+        manifest = write_manifest(partial, expected, run_id=uuid.uuid4().hex, started=started, seconds=seconds,
+                                  peak_rss_bytes=peak.peak, outputs=outputs, detail=outcome.detail)
+        if stage.name == "motion":
+            ctx._store = None  # the Store moves with the folder
+        _install(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    seconds = time.perf_counter() - t0
-    if stage.name == "results" or ctx.cached(stage.name):
-        outputs = list(outcome.outputs)
-    else:
-        outputs = [f"{STAGES_DIR}/{stage.name}/{o}" for o in outcome.outputs]
-    manifest = write_manifest(partial, expected, run_id=uuid.uuid4().hex, started=started, seconds=seconds,
-                              peak_rss_bytes=peak.peak, outputs=outputs, detail=outcome.detail)
-    if stage.name == "motion":
-        ctx._store = None  # the Store moves with the folder
-    _install(partial, final)
     ctx.manifests[stage.name] = manifest
+    ctx.current_stage = None
     ctx.remember(stage.name, outcome.products)
     log.info("%s finished in %.1f s, peak memory %s: %s", stage.name, seconds, human_bytes(peak.peak),
              outcome.detail)
@@ -380,11 +423,22 @@ def _cached_stage(stage: Stage, ctx: RunContext, fingerprint: dict[str, Any], re
 
 
 # -- housekeeping ----------------------------------------------------------------------------------
+class _RunLogHandler(logging.FileHandler):
+    """OUT/run.log: best effort. A log line that cannot be written (the disk is full) is
+    dropped, not reported with a traceback on stderr; the run's own error says what happened."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        return
+
+
 @contextlib.contextmanager
 def _run_log(out: Path, debug: bool) -> Iterator[None]:
-    """Append this run's log (``somascope`` logger, INFO; DEBUG with ``debug``) to OUT/run.log."""
+    """Append this run's log (``somascope`` logger, INFO; DEBUG with ``debug``) to OUT/run.log.
+
+    A failing run's error is written to run.log only (``run failed: …``): the caller (the
+    command line prints one line) reports it."""
     logger = logging.getLogger("somascope")
-    handler = logging.FileHandler(out / LOG_FILE, mode="a", encoding="utf-8")
+    handler = _RunLogHandler(out / LOG_FILE, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     level = logging.DEBUG if debug else logging.INFO
     handler.setLevel(level)
@@ -395,7 +449,10 @@ def _run_log(out: Path, debug: bool) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        log.error("run failed: %s: %s", type(exc).__name__, exc)
+        kind = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "run %s: %s: %s",
+                                (kind, type(exc).__name__, exc), None)
+        handler.handle(record)  # to run.log only, not to the console
         raise
     finally:
         logger.removeHandler(handler)
@@ -403,24 +460,101 @@ def _run_log(out: Path, debug: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
+def _this_host() -> str:
+    import socket
+
+    return socket.gethostname() or "localhost"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    with contextlib.suppress(OSError):  # Linux: a killed child not yet reaped is a zombie
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields and fields[0] == "Z":
+            return False
+    return True
+
+
+def _read_lock(path: Path) -> tuple[str, int] | None:
+    """``(host, pid)`` of a lock file, None when it is unreadable or not ``host:pid``."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    host, sep, pid = text.rpartition(":")
+    if not sep or not host or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """Hold OUT/.lock for the run: a second run into the same folder is refused."""
+    """Hold OUT/.lock for the run: a second run into the same folder is refused.
+
+    The lock file holds ``host:pid`` of the run and is created atomically (written under a
+    temporary name, then hard-linked onto ``.lock``, which fails if it exists). A lock left by
+    a run that died (its pid no longer runs on this host), or an empty/unreadable one (older
+    somascope versions left an empty ``.lock``), is taken over. The lock file is removed when
+    the run ends."""
+    path = out / LOCK_FILE
+    me = f"{_this_host()}:{os.getpid()}"
+    tmp = out / f".lock.{uuid.uuid4().hex[:12]}"
+    tmp.write_text(me + "\n", encoding="utf-8")
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks
-        yield
-        return
-    fh = open(out / LOCK_FILE, "a+")
+        for _attempt in range(5):
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system: exclusive create instead
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                        fh.write(me + "\n")
+                    break
+            holder = _read_lock(path)
+            if holder is not None and (holder[0] != _this_host() or _pid_alive(holder[1])):
+                host, pid = holder
+                where = "this computer" if host == _this_host() else f"host {host}"
+                raise PipelineError(
+                    f"another somascope run (pid {pid} on {where}) is writing into {out} right now. Fix: wait for "
+                    f"it to finish, or choose another --out (if no such run is going on, delete {path}).")
+            # stale: its run died (or an old empty lock); move it aside atomically and try again
+            aside = out / f".lock.stale-{uuid.uuid4().hex[:12]}"
+            try:
+                os.replace(path, aside)
+            except FileNotFoundError:
+                continue
+            moved = _read_lock(aside)
+            if moved != holder and moved is not None and _pid_alive(moved[1]):
+                # another run took the stale lock over in between: give its lock back
+                with contextlib.suppress(OSError):
+                    os.link(aside, path)
+            elif holder is not None:
+                log.info("took over the lock of a run that no longer runs (%s:%d)", *holder)
+            aside.unlink(missing_ok=True)
+        else:
+            raise PipelineError(f"could not take the lock {path} (other runs keep taking it). Fix: make sure "
+                                f"only one somascope run writes into {out}.")
+    finally:
+        tmp.unlink(missing_ok=True)
     try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise PipelineError(f"another somascope run is writing into {out} right now. Fix: wait for it to "
-                                "finish, or choose another --out.") from None
         yield
     finally:
-        fh.close()
+        if _read_lock(path) == (_this_host(), os.getpid()):
+            path.unlink(missing_ok=True)
 
 
 class _StageLock:
@@ -617,38 +751,141 @@ def run(
                        motion=motion)
     prepared.warnings.extend(nwb_warnings)
     out_path = prepared.out
-    out_path.mkdir(parents=True, exist_ok=True)
+    created = not out_path.exists()
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fault = as_fault(exc, out=out_path, stage=None, kept=[], removed=False)
+        if fault is None:
+            raise
+        raise fault from None
     shared = isinstance(engine, EngineHandle)  # a batch's engine, started once for all its items
     handle = engine if shared else EngineHandle(engine, workers)
     ctx = RunContext(movie=prepared.movie, params=prepared.params, out=out_path, engine=handle, motion=motion,
                      nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info(), nwb_metadata=meta,
                      stage_cache=None if stage_cache is None else Path(stage_cache).expanduser().absolute(),
                      movie_root=None if movie_root is None else Path(movie_root).expanduser().absolute())
+    remove_out = False
     try:
-        with _lock(out_path), _run_log(out_path, debug):
-            return _run(ctx, prepared, force=force, from_stage=from_stage, until=until, t_start=t_start)
+        with _lock(out_path):
+            try:
+                return _run(ctx, prepared, force=force, from_stage=from_stage, until=until, t_start=t_start,
+                            debug=debug)
+            except BaseException as exc:
+                kept = _finished_stages(ctx)
+                # a run that finished nothing in a folder it created leaves nothing behind
+                remove_out = created and not kept
+                if remove_out:
+                    _empty_folder(out_path, keep=LOCK_FILE)
+                translated = _translate(exc, ctx, kept, removed=remove_out)
+                if translated is exc:
+                    raise
+                raise translated from exc
+    except OSError as exc:  # the lock could not be written: a read-only or full output folder
+        fault = as_fault(exc, out=out_path, stage=None, kept=[], removed=False)
+        if fault is None:
+            raise
+        raise fault from None
     finally:
+        if remove_out:
+            with contextlib.suppress(OSError):
+                out_path.rmdir()  # empty once the lock is gone (unless another run came in)
         if not shared:
             handle.close()
         if prepared.movie is not movie:  # opened here from a path: release its files
             prepared.movie.close()
 
 
+def _finished_stages(ctx: RunContext) -> list[str]:
+    """The stages whose finished folder (with its manifest) this run's output has now."""
+    from .manifest import MANIFEST
+
+    return [name for name in STAGE_NAMES if (ctx.folder(name) / MANIFEST).is_file()]
+
+
+def _empty_folder(folder: Path, *, keep: str) -> None:
+    """Remove everything in ``folder`` but the entry ``keep``."""
+    for entry in folder.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _translate(exc: BaseException, ctx: RunContext, kept: list[str], *, removed: bool) -> BaseException:
+    """The exception the caller sees: Ctrl-C → :class:`RunInterrupted`, a full or read-only
+    output disk or a lost cluster → :class:`RunFault` (both saying what was kept); anything
+    else unchanged."""
+    if isinstance(exc, (RunFault, RunInterrupted)):
+        return exc
+    kept_in = ctx.stage_cache if ctx.stage_cache is not None else None
+    if isinstance(exc, KeyboardInterrupt):
+        where = f"stopped in stage {ctx.current_stage}; " if ctx.current_stage else ""
+        return RunInterrupted(f"{where}{kept_text(ctx.out, kept, removed=removed, where=kept_in)}")
+    if isinstance(exc, Exception):
+        folders = [ctx.stage_cache] if ctx.stage_cache is not None else []
+        fault = as_fault(exc, out=ctx.out, stage=ctx.current_stage, kept=kept, removed=removed,
+                         output_folders=folders, kept_in=kept_in)
+        if fault is not None:
+            return fault
+    return exc
+
+
+def _check_same_movie(ctx: RunContext, fingerprint: dict[str, Any], force: bool) -> None:
+    """Refuse to run into a folder that holds the run of another movie (other files, or another
+    shape): its results, its curation and its report would be replaced by this movie's. A movie
+    whose file changed on disk (same path and shape) is run again as before."""
+    if force or ctx.cached("motion"):
+        return
+    manifest = ctx.manifests.get("motion")
+    if not manifest:
+        return
+    old = (manifest.get("inputs") or {}).get("movie") or {}
+    old_paths = [f.get("path") for f in old.get("files", [])]
+    new_paths = [f.get("path") for f in fingerprint.get("files", [])]
+    if old_paths == new_paths and list(old.get("shape") or []) == list(fingerprint["shape"]):
+        return
+
+    def describe(paths: list[Any], shape: Any) -> str:
+        name = str(paths[0]) if paths else "an unnamed movie"
+        more = f" and {len(paths) - 1} more files" if len(paths) > 1 else ""
+        dims = " × ".join(str(int(d)) for d in shape) if shape else "?"
+        return f"{name}{more}, {dims}"
+
+    raise PipelineError(
+        f"{ctx.out} holds the run of another movie ({describe(old_paths, old.get('shape'))}); this movie is "
+        f"{describe(new_paths, fingerprint['shape'])}. Fix: choose another --out for this movie, or pass --force "
+        "to replace that run.")
+
+
 def _run(ctx: RunContext, prepared: Prepared, *, force: bool, from_stage: str | None, until: str | None,
-         t_start: float) -> RunResult:
+         t_start: float, debug: bool = False) -> RunResult:
     from .manifest import movie_fingerprint
 
+    # the last checks before anything is written into OUT (run.log, params.yaml, stages/)
+    fingerprint = movie_fingerprint(ctx.movie, ctx.movie_root)
+    reasons = plan(ctx, fingerprint, force=force, from_stage=from_stage, until=until)
+    _check_same_movie(ctx, fingerprint, force)
+    estimate = estimate_resources(ctx.shape, ctx.params, workers=ctx.engine.planned_workers, motion=ctx.motion,
+                                  store_needed=bool(reasons["motion"]),
+                                  whole_fov_fit=_whole_fov_fit(ctx.params, ctx.shape[1:]))
+    line, warnings = check_resources(prepared, estimate)
+    with _run_log(ctx.out, debug):
+        return _run_stages(ctx, prepared, reasons, fingerprint, estimate, line, warnings, force=force,
+                           from_stage=from_stage, until=until, t_start=t_start)
+
+
+def _run_stages(ctx: RunContext, prepared: Prepared, reasons: dict[str, list[str]], fingerprint: dict[str, Any],
+                estimate: ResourceEstimate, line: str, warnings: list[str], *, force: bool, from_stage: str | None,
+                until: str | None, t_start: float) -> RunResult:
     log.info("=== somascope run: %s → %s", ctx.movie_info["path"], ctx.out)
     for key, value in ctx.movie_info.items():
         log.info("movie %s: %s", key, value)
     for message in prepared.warnings:
         log.warning(message)
-    fingerprint = movie_fingerprint(ctx.movie, ctx.movie_root)
-    reasons = plan(ctx, fingerprint, force=force, from_stage=from_stage, until=until)
-    estimate = estimate_resources(ctx.shape, ctx.params, workers=ctx.engine.planned_workers, motion=ctx.motion,
-                                  store_needed=bool(reasons["motion"]),
-                                  whole_fov_fit=_whole_fov_fit(ctx.params, ctx.shape[1:]))
-    line, warnings = check_resources(prepared, estimate)
     _say(ctx, f"somascope run: {ctx.movie_info['shape']} at {ctx.params.data.fr:g} Hz → {ctx.out}; {line}")
     for message in warnings:
         log.warning(message)

@@ -273,6 +273,13 @@ class Source:
             raise SourceError(f"{path}: not an HDF5 results file ({exc}). Fix: give a somascope results .h5 "
                               "file or run folder.") from None
         with fh:
+            from somascope.cnmf.estimates import ResultsFileError
+            from somascope.pipeline.results import check_schema
+
+            try:
+                check_schema(fh, path)  # a file from a newer somascope: refused before anything is read
+            except ResultsFileError as exc:
+                raise SourceError(str(exc)) from None
             g = fh if fh.attrs.get("format") is not None else fh.get("estimates")
             if g is None or g.attrs.get("format") != "somascope-estimates":
                 raise SourceError(f"{path} is not a somascope results file (no estimates). Fix: give the "
