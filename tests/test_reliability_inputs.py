@@ -236,6 +236,15 @@ def make_text_array(frames: np.ndarray, d: Path) -> Path:
     return d / "movie.npy"
 
 
+def make_tiff_of_mixed_page_shapes(frames: np.ndarray, d: Path) -> Path:
+    with tifffile.TiffWriter(d / "movie.tif") as tif:
+        for frame in frames[:T // 2]:
+            tif.write(frame)
+        for frame in frames[T // 2:]:
+            tif.write(frame[:40, :40])
+    return d / "movie.tif"
+
+
 def make_rgb_tiff(frames: np.ndarray, d: Path) -> Path:
     tifffile.imwrite(d / "movie.tif", np.stack([frames // 256] * 3, -1).astype(np.uint8), photometric="rgb")
     return d / "movie.tif"
@@ -255,6 +264,8 @@ BAD_INPUTS: list[tuple[str, Callable[[np.ndarray, Path], Path], tuple[str, ...],
     ("zarr_last_chunk_truncated", make_zarr_last_chunk_truncated,
      ("movie.zarr", f"frame {T - 1}", "truncated or corrupt"), ()),
     ("mixed_frame_shapes", make_mixed_shapes_folder, ("part_2.tif", "(40, 40)", "(48, 48)", "equal frame shapes"), ()),
+    ("mixed_page_shapes_in_one_tiff", make_tiff_of_mixed_page_shapes,
+     ("movie.tif", "pages of different shapes", f"{T // 2} of 48×48", f"{T - T // 2} of 40×40"), ()),
     ("empty_folder", make_empty_folder, ("movie", "empty folder"), ()),
     ("folder_without_movies", make_folder_without_movies, ("holding no TIFF files", "notes.txt"), ()),
     ("folder_named_movie_tif", make_folder_named_like_a_tiff, ("movie.tif", "is a folder, not a .tif file"), ()),
@@ -534,3 +545,14 @@ def test_open_movie_raises_movie_error_for_library_users(frames: np.ndarray, tmp
     inp = make_truncated_tiff(frames, tmp_path)
     with pytest.raises(MovieError, match="truncated: .*|truncated or corrupt"):
         open_movie(inp)
+
+
+def test_tiff_written_one_frame_at_a_time_is_one_movie(frames: np.ndarray, tmp_path: Path) -> None:
+    """tifffile's writer called once per frame (a common acquisition-script pattern) stores a
+    "shaped" series per page: the pages are the frames, not 120 one-frame movies."""
+    with tifffile.TiffWriter(tmp_path / "movie.tif") as tif:
+        for frame in frames:
+            tif.write(frame)
+    movie = open_movie(tmp_path / "movie.tif")
+    assert movie.shape == (T, H, W)
+    np.testing.assert_array_equal(movie[:], frames)

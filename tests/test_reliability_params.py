@@ -452,3 +452,55 @@ def test_dask_compute_failed_tracebacks_stay_off_the_console(capfd: pytest.Captu
     captured = capfd.readouterr()
     assert "Compute Failed" not in captured.err and "ZeroDivisionError" not in captured.err, captured.err
     assert os.environ.get("DASK_LOGGING") == before
+
+
+def test_a_python_warning_is_one_log_line_without_debug(capsys: pytest.CaptureFixture[str],
+                                                         caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warning raised inside a command (e.g. ΔF/F undefined without a positive baseline)
+    reaches the console as one ``somascope WARNING`` line, not a file:line header and source."""
+    import warnings
+
+    from somascope import cli
+
+    def warn(args: Any) -> int:
+        warnings.warn("baseline F0 <= 0 in trace(s) [0]: ΔF/F set to NaN there.", UserWarning, stacklevel=1)
+        return 0
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["info", "x.tif"])
+    monkeypatch.setattr(cli, "build_parser", lambda: _ParserReturning(parser, args, warn))
+    with caplog.at_level(logging.WARNING, logger="somascope"):
+        assert cli.main(["info", "x.tif"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "somascope"]
+    assert said == ["baseline F0 <= 0 in trace(s) [0]: ΔF/F set to NaN there."], said
+    err = capsys.readouterr().err
+    assert "UserWarning" not in err and "warnings.warn" not in err, err  # no header, no source line
+
+
+class _ParserReturning:
+    """A parser stand-in whose parse_args returns ``args`` with ``func`` replaced."""
+
+    def __init__(self, parser: Any, args: Any, func: Any) -> None:
+        self.parser, self.args, self.func = parser, args, func
+
+    def parse_args(self, argv: Any) -> Any:
+        self.args.func = self.func
+        return self.args
+
+
+def test_a_closed_output_pipe_is_not_an_error(tmp_path: Path) -> None:
+    """`somascope info movie.tif | head -1`: the reader closes the pipe early; no error line."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "m.tif", np.zeros((20, 8, 8), np.uint16))
+    code = (f"import sys, somascope.cli as c; sys.stdout.close = lambda: None; "
+            f"sys.exit(c.main(['info', {str(tmp_path / 'm.tif')!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader went away before the writer wrote
+    _, err = proc.communicate(timeout=120)
+    assert b"somascope: error" not in err and b"Traceback" not in err, err
+    assert proc.returncode in (0, 141)

@@ -534,3 +534,27 @@ def test_a_batch_file_locked_by_another_process_is_one_line(tmp_path: Path, caps
         holder.wait()
     with Batch.open(tmp_path / "b") as batch:  # once the other process is gone, it opens
         assert batch.rows() == []
+
+
+def test_an_output_folder_that_is_the_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out naming the folder of TIFFs that is read, or a folder inside the Zarr store that is
+    read: refused before anything is written (the input stays as it was)."""
+    import tifffile
+    import zarr
+
+    from somascope.cli import main
+
+    frames = (np.random.default_rng(0).random((40, 24, 24)) * 1000).astype(np.uint16)
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", frames)
+    tifffile.imwrite(folder / "b.tif", frames)
+    store = tmp_path / "movie.zarr"
+    z = zarr.open(str(store), mode="w", shape=frames.shape, chunks=(20, 24, 24), dtype="f4")
+    z[:] = frames
+    for inp, out, said in ((folder, folder, "is the input itself"), (store, store / "out", "inside the input store")):
+        before = sorted(p.name for p in inp.iterdir())
+        assert main(["run", str(inp), "--out", str(out), "--fr", "10", "--radius", "3", "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("somascope: error:") and said in err and "Fix:" in err and "\n" not in err
+        assert sorted(p.name for p in inp.iterdir()) == before

@@ -454,8 +454,10 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run
+    from .pipeline.preflight import check_not_into_input
 
     _console_warnings_only()
+    check_not_into_input(Path(args.out).expanduser().absolute(), args.movie)  # the folder given, not its files
     movie = _open(args)
     radius: Any = None
     if args.radius:
@@ -695,6 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
 # exit codes: 0 done; 1 a fault at run time (disk full, read-only output, lost cluster) or a bug;
 # 2 bad input or usage; 130 interrupted (Ctrl-C)
 EXIT_FAULT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer whose reader closed the pipe (128 + SIGPIPE)
 
 # errno values of a write that failed through no fault of the input: the output disk is full or
 # read-only, or the storage failed
@@ -848,6 +851,26 @@ def _quiet_third_party(enabled: bool) -> Iterator[None]:
             os.environ.pop("DASK_LOGGING", None)
 
 
+@contextlib.contextmanager
+def _warnings_as_log_lines(enabled: bool) -> Iterator[None]:
+    """Without --debug a Python warning (e.g. ΔF/F undefined for a trace without a positive
+    baseline) is one ``somascope WARNING`` log line, not a file:line header plus source line."""
+    if not enabled:
+        yield
+        return
+    import warnings
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        log.warning("%s", str(message).strip().splitlines()[0] if str(message).strip() else category.__name__)
+
+    old = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = old
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse impossible values of the options (frame rate, neuron radius, decay time, workers,
     scheduler) before anything is read or written, naming the option."""
@@ -902,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     started = time.perf_counter()
     try:
-        with _quiet_third_party(not args.debug):
+        with _quiet_third_party(not args.debug), _warnings_as_log_lines(not args.debug):
             _check_options(args)
             code = int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
@@ -916,6 +939,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"somascope: error: {exc.code.strip().splitlines()[0]}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
         raise
+    except BrokenPipeError:
+        # the reader of the output went away (e.g. `somascope info movie.tif | head`): not an error
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if args.debug:
             raise

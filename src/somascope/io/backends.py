@@ -73,6 +73,24 @@ def tiff_log() -> Iterator[list[str]]:
             outer.extend(records)
 
 
+def _pages_written_one_by_one(tif: Any) -> bool:
+    """Whether a TIFF holds frames written one call at a time by tifffile: its first page
+    describes a single 2-D image ("shaped" JSON ``shape`` of two sizes) and a second page
+    follows. Read then as pages (one movie when they share a shape). Only the first two page
+    headers are read."""
+    import json
+
+    if not getattr(tif, "is_shaped", False) or getattr(tif, "is_ome", False):
+        return False
+    try:
+        shape = json.loads(tif.pages.first.description or "{}").get("shape")
+        if shape is None or len(shape) != 2:
+            return False
+        return tif.pages.get(1) is not None
+    except Exception:  # noqa: BLE001 - a damaged header: the readers below say what is wrong
+        return False
+
+
 def permission_error(path: Path | str) -> MovieError:
     return MovieError(
         f"{path}: permission denied, this user cannot read it. Fix: give read permission (e.g. chmod u+r "
@@ -540,9 +558,16 @@ class TiffSegment:
         self._tif: Any = None
         self._mm: Any = None
         self.sample: int | None = None
+        self._tiff_kwargs: dict[str, Any] = {}
         with tiff_log() as logged:
             try:
                 tif = tifffile.TiffFile(self.path)
+                if _pages_written_one_by_one(tif):
+                    # tifffile's own writer called once per frame: a series per page; the pages
+                    # are the frames of one movie
+                    tif.close()
+                    self._tiff_kwargs = {"is_shaped": False}
+                    tif = tifffile.TiffFile(self.path, **self._tiff_kwargs)
             except PermissionError as exc:
                 raise permission_error(self.path) from exc
             except Exception as exc:
@@ -567,6 +592,12 @@ class TiffSegment:
         series = None
         if layout is None:
             series = tif.series[0]
+            if len(tif.series) > 1 and series.kind in ("generic", "uniform", "shaped"):
+                parts = ", ".join(f"{len(x.pages)} of {'×'.join(str(d) for d in x.shape[-2:])}"
+                                  for x in tif.series[:4]) + (", …" if len(tif.series) > 4 else "")
+                raise MovieError(f"{self.path}: holds pages of different shapes or kinds ({len(tif.series)} groups of "
+                                 f"pages: {parts} px), not one movie. Fix: save the frames of one recording, all of "
+                                 "one shape, in a file of their own.")
             axes, shape = series.axes, tuple(int(s) for s in series.shape)
             self.dtype = np.dtype(series.dtype).newbyteorder("=")
             indices = [getattr(pg, "index", None) for pg in (series.pages[0], series.pages[-1])] \
@@ -638,12 +669,12 @@ class TiffSegment:
 
             if not self._compressed:
                 try:
-                    mm = tifffile.memmap(self.path, mode="r")
+                    mm = tifffile.memmap(self.path, mode="r", **self._tiff_kwargs)
                     self._mm = mm.reshape((self.n_raw, *self._stored_frame))
                     return
                 except (ValueError, OSError):
                     pass
-            self._tif = tifffile.TiffFile(self.path)
+            self._tif = tifffile.TiffFile(self.path, **self._tiff_kwargs)
             if self._first_page is not None:
                 self._tif.pages.useframes = True  # light page objects, shaped like the first
                 self._tif.pages.set_keyframe(self._first_page)

@@ -233,6 +233,20 @@ def _override_layers(overrides: Any) -> list[Mapping[str, Any]]:
 
 
 # -- checks --------------------------------------------------------------------------------
+def check_not_into_input(out: Path, inputs: Sequence[Any]) -> None:
+    """Refuse an output folder that is an input itself (a folder of TIFFs, a Zarr store, a
+    recording's folder) or lies inside a Zarr store that is read: the run would write into its
+    input. (A folder beside or below a folder of TIFFs is fine: only TIFF files are read there.)"""
+    for p in inputs:
+        src = Path(p).expanduser().absolute()
+        if out == src:
+            raise PipelineError(f"the output folder {str(out)!r} is the input itself. Fix: choose another --out, "
+                                "e.g. a folder beside the movie.")
+        if src.is_dir() and src.suffix.lower() == ".zarr" and out.is_relative_to(src):
+            raise PipelineError(f"the output folder {str(out)!r} lies inside the input store {str(src)!r}. "
+                                "Fix: choose an --out outside it.")
+
+
 def check_output(out: Path) -> None:
     """Refuse an output path that is a file, or whose nearest existing parent is not a folder."""
     if out.exists() and not out.is_dir():
@@ -339,6 +353,9 @@ def prepare(movie: Any, out: str | os.PathLike[str], params: Any = None, *, fr: 
             raise PipelineError(f"the movie has {len(mov.shape) - 1} spatial axes but the parameters describe "
                                 f"{p.ndim} (data.dxy={p.data.dxy}). Fix: give one value per spatial axis.")
         check_movie(mov, p)
+        given = [movie] if isinstance(movie, (str, os.PathLike)) else \
+            [m for m in movie if isinstance(m, (str, os.PathLike))] if isinstance(movie, (list, tuple)) else []
+        check_not_into_input(out, [*given, *getattr(mov, "paths", [])])
         check_frames(mov)
         if motion:
             check_motion(p, tuple(int(s) for s in mov.shape[1:]))
