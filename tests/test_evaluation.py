@@ -505,6 +505,26 @@ def test_area_ratio_of_discs_and_their_largest_piece() -> None:
     assert area_ratio(masks, dims, (3, 3))[0] == pytest.approx(4 * ratio[0])
 
 
+def test_a_volume_cell_is_judged_by_its_widest_plane() -> None:
+    """A cell of a thin stack (its mask reaching all 4 planes, 4.5 px wide) is round and about
+    one neuron in its widest plane, while in voxels it looks flat and several neurons deep; a
+    sheet of neuropil 4× as wide is large there too."""
+    from somascope.evaluation.quality import widest_planes
+
+    dims = (4, 40, 40)
+    z, y, x = np.indices(dims, dtype=float)
+    cell = np.exp(-((z - 1.5) ** 2 / 2 / 1.2**2 + ((y - 20) ** 2 + (x - 18) ** 2) / 2 / 2.5**2))
+    sheet = np.exp(-((z - 1.5) ** 2 / 2 / 1.2**2 + ((y - 20) ** 2 + (x - 20) ** 2) / 2 / 10.0**2))
+    masks = footprint_masks(np.stack([cell.ravel(), sheet.ravel(), np.zeros(cell.size)], axis=1), dims)
+    planes = widest_planes(masks, dims)
+    assert planes.shape == (40 * 40, 3) and planes[:, 2].nnz == 0
+    np.testing.assert_array_equal(planes[:, 0].toarray().reshape(40, 40), masks[:, 0].toarray().reshape(dims)[1])
+    ecc = eccentricity(planes, dims[1:])
+    area = area_ratio(planes, dims[1:], (4.0, 4.0))
+    assert ecc[0] < 1.2 and 0.8 < area[0] < 1.6 and area[1] > 8 * area[0]
+    assert eccentricity(masks, dims)[0] > 2.0  # in voxels the same cell looks flat
+
+
 def test_area_test_rejects_large_active_neuropil(tiny: dict) -> None:
     A, C, b, f, movie, dims = tiny["A"], tiny["C"], tiny["b"], tiny["f"], tiny["movie"], tiny["dims"]
     grid = np.indices(dims, dtype=float)

@@ -270,3 +270,20 @@ def test_real_files_from_shared_data() -> None:
     np.testing.assert_array_equal(be[2], ref)
     signed = open_movie(allen / "792757260_test_data.h5", dataset="input_frames")
     assert signed.dtype == np.int16 and signed.shape == (100, 100, 100)
+
+
+def test_imagej_tzyx_hyperstack_is_a_volume_at_its_time_point_rate(tmp_path: Path) -> None:
+    """An ImageJ TZYX hyperstack (what `somascope simulate --kind volume` writes, and what Fiji
+    exports): T volumes of Z planes; its finterval is the time between volumes, not planes."""
+    from somascope.cli import main
+
+    vol = np.arange(20 * 3 * 8 * 10, dtype=np.float32).reshape(20, 3, 8, 10)
+    tifffile.imwrite(tmp_path / "vol.tif", vol, imagej=True, metadata={"axes": "TZYX", "finterval": 1 / 15})
+    movie = open_movie(tmp_path / "vol.tif")
+    assert movie.shape == (20, 3, 8, 10)
+    assert movie.frame_rate == pytest.approx(15.0)
+    np.testing.assert_array_equal(movie[5:7], vol[5:7])
+    assert main(["simulate", str(tmp_path / "sim"), "--kind", "volume", "--dims", "3", "32", "32", "--frames", "40",
+                 "--fr", "10", "-q"]) == 0
+    sim = open_movie(tmp_path / "sim" / "movie.tif")
+    assert sim.shape == (40, 3, 32, 32) and sim.frame_rate == pytest.approx(10.0)

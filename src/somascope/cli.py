@@ -230,8 +230,10 @@ def _simulate_into(args: argparse.Namespace, out: Path) -> int:
             if args.format == "tif":
                 import tifffile
 
-                tifffile.imwrite(tmp, movie, imagej=movie.ndim == 3, bigtiff=movie.nbytes > 2**31,
-                                 metadata={"axes": "TYX", "finterval": 1 / sim.frame_rate} if movie.ndim == 3 else None)
+                # an ImageJ stack (a volume: a TZYX hyperstack), as microscopes' exports are
+                tifffile.imwrite(tmp, movie, imagej=True, bigtiff=movie.nbytes > 2**31,
+                                 metadata={"axes": "TYX" if movie.ndim == 3 else "TZYX",
+                                           "finterval": 1 / sim.frame_rate})
             else:
                 import h5py
 

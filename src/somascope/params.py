@@ -38,7 +38,9 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   4·gSiz patches cost it 4.5× the time on a 256×256 one-photon movie): patches of about
   eight neurons across (88 px for 5 px neurons), large enough that the overlaps cost little;
   ``patch.stride = gSiz`` so every neuron lies whole in some patch.
-* ``init.K`` = components per patch: ``round(0.6 × patch volume / neuron volume)`` (room
+* ``init.K`` = components per patch: ``round(0.6 × patch area / neuron area)``; in a volume
+  the neuron takes ``2·r_z + 1`` planes of its in-plane disc; a patch cut short by the field
+  of view (a thin stack's depth) gets its share of it (room
   for dense somata, dendrites and neuropil pieces: surplus candidates are merged away or
   rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf`` is None
   (whole field of view). The same for one-photon data: GreedyCorr takes its seeds in order of
@@ -980,8 +982,11 @@ def _rule_K(v: dict[str, Any], ndim: int) -> int:
     rf = v["patch.rf"]
     if rf is None:
         return 30
-    ball = math.pi if ndim == 2 else 4.0 / 3.0 * math.pi
-    ratio = math.prod(2 * x for x in rf) / (ball * math.prod(v["data.neuron_radius"]))
+    r = v["data.neuron_radius"]
+    # a neuron's area, or in a volume a disc of its in-plane radius reaching 2·r_z + 1 planes (a
+    # thin stack's cell covers whole planes: a ball of r_z = 1 plane would count it 2× too small)
+    neuron = math.pi * r[-2] * r[-1] * (1.0 if ndim == 2 else 2 * r[0] + 1)
+    ratio = math.prod(2 * x for x in rf) / neuron
     return max(1, round(K_PER_NEURON_AREA * ratio))
 
 

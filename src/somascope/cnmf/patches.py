@@ -237,6 +237,10 @@ def _fit_patch(item: tuple[Any, Patch, Any, Any]) -> PatchResult:
     source, patch, params, mask = item
     T = int(source.shape[0])
     dec = params.deconvolution
+    if params.init.K is not None:  # a patch cut short by the field of view (e.g. a thin stack's depth)
+        from .fit import components_per_fov  # holds that share of init.K, as a small field of view does
+
+        params = params.replace(K=components_per_fov(params, patch.shape))
     if not params.patch.only_init:
         pp = _patch_params(params, params.patch.p_tsub)
         Y, _ = _read_binned(source, patch, 1, [])

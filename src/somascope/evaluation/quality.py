@@ -469,6 +469,31 @@ def footprint_masks(A: Any, dims: Sequence[int]) -> sp.csc_matrix:
     return binarise_footprints(_as_csc(A, "A"), tuple(int(d) for d in dims), largest_piece=True)
 
 
+def widest_planes(masks: Any, dims: Sequence[int]) -> sp.csc_matrix:
+    """Each 3-D mask (``Z·H·W × K``) reduced to its plane with the most pixels (``H·W × K``).
+
+    The shape tests of a volume look there: how many planes a cell's mask reaches, and so its
+    3-D elongation and volume, depend on the optics and the plane spacing more than on the
+    cell; its outline in the plane does not (a soma is round and one neuron wide, a dendrite
+    long, neuropil wide)."""
+    dims = tuple(int(d) for d in dims)
+    M = _as_csc(masks, "masks")
+    plane = dims[-2] * dims[-1]
+    cols = []
+    for k in range(M.shape[1]):
+        lo, hi = M.indptr[k], M.indptr[k + 1]
+        rows, vals = M.indices[lo:hi], M.data[lo:hi]
+        if rows.size:
+            z = int(np.argmax(np.bincount(rows // plane)))
+            here = rows // plane == z
+            rows, vals = rows[here] - z * plane, vals[here]
+        cols.append((rows, vals))
+    indptr = np.r_[0, np.cumsum([r.size for r, _ in cols])]
+    return sp.csc_matrix((np.concatenate([v for _, v in cols]) if cols else np.zeros(0),
+                          np.concatenate([r for r, _ in cols]) if cols else np.zeros(0, int), indptr),
+                         shape=(plane, M.shape[1]))
+
+
 def area_ratio(masks: Any, dims: Sequence[int], radius: Sequence[float]) -> np.ndarray:
     """Area of each binary mask (:func:`footprint_masks`, ``pixels × K``) over the area of a
     neuron of ``radius`` px (one per axis): π·r_y·r_x in 2-D, 4/3·π·r_z·r_y·r_x in 3-D. A soma
@@ -632,8 +657,12 @@ def evaluate_components(
     snr = trace_snr(model.C + YrA, N, sigma_factor=sigma_factor) if model.K else np.zeros(0)
     valid = model.norms > 0
     masks = footprint_masks(model.A, dims)
-    ecc = eccentricity(masks, dims, p.data.dxy) if q.use_ecc else None
-    area = area_ratio(masks, dims, p.data.neuron_radius) if q.use_area else None
+    shape_masks, shape_dims, dxy, radius = masks, dims, p.data.dxy, p.data.neuron_radius
+    if len(dims) == 3:  # a volume: each cell's shape in its widest plane (see widest_planes)
+        shape_masks, shape_dims = widest_planes(masks, dims), dims[1:]
+        dxy, radius = tuple(dxy)[1:], tuple(radius)[1:]
+    ecc = eccentricity(shape_masks, shape_dims, dxy) if q.use_ecc else None
+    area = area_ratio(shape_masks, shape_dims, radius) if q.use_area else None
     cnn = est.cnn_preds
     if q.use_cnn and cnn is None:
         cnn = classify_components(model.A, dims, p)

@@ -770,6 +770,21 @@ def _described_layout(tif: Any) -> tuple[str, tuple[int, ...]] | None:
     return None
 
 
+def _imagej_plane_step(tif: Any, ij: dict[str, Any]) -> float | None:
+    """The distance between the planes of an ImageJ hyperstack in pixels (its ``spacing`` over
+    the pixel width from the XResolution tag, both in the file's unit), or None when the file
+    does not state both."""
+    try:
+        spacing = float(ij.get("spacing") or 0)
+        num, den = tif.pages.first.tags["XResolution"].value
+        width = float(den) / float(num)  # units per pixel
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (spacing > 0 and width > 0) or int(ij.get("slices", 1) or 1) < 2:
+        return None
+    return spacing / width
+
+
 def _tiff_metadata(tif: Any) -> dict[str, Any]:
     """Frame rate and interleaving hints from ImageJ / ScanImage metadata, when present."""
     meta: dict[str, Any] = {}
@@ -778,8 +793,13 @@ def _tiff_metadata(tif: Any) -> dict[str, Any]:
         meta["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (int, float, str))}
         if ij.get("finterval"):
             meta["frame_rate"] = 1.0 / float(ij["finterval"])
+            if int(ij.get("slices", 1) or 1) > 1:
+                meta["frame_rate_per_volume"] = True  # a hyperstack's finterval: between time points
         elif ij.get("fps"):
             meta["frame_rate"] = float(ij["fps"])
+        step = _imagej_plane_step(tif, ij)
+        if step is not None:
+            meta["plane_step_px"] = step
     si = getattr(tif, "scanimage_metadata", None)
     if si:
         frame_data = si.get("FrameData", {}) if isinstance(si, dict) else {}

@@ -398,7 +398,7 @@ def _open_movie(
     n_ch = n_channels if n_channels is not None else int(meta.get("n_channels", 1))
     n_pl = n_planes if n_planes is not None else int(meta.get("n_planes", 1))
     rate = frame_rate if frame_rate is not None else meta.get("frame_rate")
-    if rate is not None and n_pl > 1 and frame_rate is None:
+    if rate is not None and n_pl > 1 and frame_rate is None and not meta.get("frame_rate_per_volume"):
         rate = float(rate) / n_pl  # each plane is sampled once per volume
     return Movie(
         segments,

@@ -22,7 +22,7 @@ class Settings:
     """Resolved motion settings for a movie with frames of shape ``dims``.
 
     Per-axis values have one entry per spatial axis; ``max_deviation_rigid`` is broadcast to
-    all axes. ``params`` is the motion group as a plain dict (saved with results).
+    all axes (0 on an axis whose ``max_shifts`` is 0: no motion searched there, none deviating). ``params`` is the motion group as a plain dict (saved with results).
 
     ``pw_rigid`` is the mode that runs now (a bool). ``pw_rigid_requested`` is what was asked
     for: True, False or ``"auto"``; with ``"auto"``, ``pw_rigid`` starts False and
@@ -119,7 +119,8 @@ def resolve(params: Any, overrides: Mapping[str, Any], dims: Sequence[int]) -> S
         raise ParameterError(f"motion.{exc}") from None
     strides = tuple(int(s) for s in _per_axis("strides", group.strides, ndim, dims))
     overlaps = tuple(int(o) for o in _per_axis("overlaps", group.overlaps, ndim, dims))
-    dev = (int(group.max_deviation_rigid),) * ndim
+    # a patch deviates from the rigid shift along the axes motion is searched on, not others
+    dev = tuple(int(group.max_deviation_rigid) if m > 0 else 0 for m in max_shifts)
     auto = group.pw_rigid == "auto"
     unavailable = None
     if group.pw_rigid:  # True or "auto"

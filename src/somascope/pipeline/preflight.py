@@ -30,8 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("somascope.pipeline")
 
+#: Volumes with fewer planes than this are "thin stacks": no motion is searched along z by default.
+THIN_STACK_PLANES = 8
 #: Default neuron radius (px) when neither ``radius`` nor the parameters give one.
 DEFAULT_RADIUS_PX = 5.0
 #: Free disk space must exceed the estimated need by this factor.
@@ -199,7 +203,11 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
             f"data.neuron_radius in the params file; a wrong size costs cells.")
 
     ndim = len(movie.shape) - 1
-    r0 = (DEFAULT_RADIUS_PX,) * ndim
+    r0 = _volume_radius(movie, DEFAULT_RADIUS_PX) if ndim == 3 else (DEFAULT_RADIUS_PX,) * ndim
+    if radius is not None and ndim == 3 and np.ndim(radius) == 0:  # --radius r of a volume: r in-plane
+        radius = _volume_radius(movie, float(radius))
+        log.info("neuron radius of the volume: %s px (z, y, x; the axial size from %s)", _fmt_axes(radius),
+                 "the file's plane spacing" if _plane_step(movie) else "one plane: the file states no spacing")
     # the rate the defaults derive from: the one that will be used (a movie's metadata only when
     # nothing else names one — an absurd rate in a header must not fail a run given --fr)
     base_fr = float(fr) if fr is not None else (float(movie_fr) if fr_source == "movie metadata" else 30.0)
@@ -220,7 +228,32 @@ def build_params(params: Any, movie: Any, *, fr: float | None = None, radius: An
         p = p.replace(cli)
     for layer in layers:
         p = p.replace(layer)
+    if ndim == 3 and "motion.max_shifts" not in (given | given_over) \
+            and int(movie.shape[1]) < THIN_STACK_PLANES and p.motion.max_shifts[0] > 0:
+        # a thin stack (few planes): no motion is searched along z (the planes' own spacing is
+        # larger than any z drift that could be measured), in-plane motion as derived
+        p = p.replace({"motion.max_shifts": (0, *p.motion.max_shifts[1:])})
+    if ndim == 3 and not {"motion.strides", "motion.overlaps"} & (given | given_over) \
+            and p.motion.strides[0] + p.motion.overlaps[0] > int(movie.shape[1]):
+        # piecewise-rigid patches of a stack thinner than a patch: each spans all its planes
+        # (a warp of a thin stack is in-plane)
+        p = p.replace({"motion.strides": (int(movie.shape[1]), *p.motion.strides[1:]),
+                       "motion.overlaps": (0, *p.motion.overlaps[1:])})
     return p, fr_source, radius_source, warnings
+
+
+def _plane_step(movie: Any) -> float | None:
+    step = (getattr(movie, "metadata", None) or {}).get("plane_step_px")
+    return float(step) if step else None
+
+
+def _volume_radius(movie: Any, r: float) -> tuple[float, float, float]:
+    """``(rz, r, r)`` for an in-plane radius ``r`` (px) of a volume: the axial radius in planes
+    from the file's plane spacing (``r`` px over the spacing in px, at least half a plane),
+    else one plane."""
+    step = _plane_step(movie)
+    rz = max(0.5, r / step) if step else 1.0
+    return (rz, r, r)
 
 
 def _override_layers(overrides: Any) -> list[Mapping[str, Any]]:
