@@ -28,7 +28,8 @@ import numpy as np
 from .io.atomic import atomic_write_text
 from .report_figures import (  # noqa: F401  (re-exported: the report's figure helpers)
     BLUE, GREEN, RED, OutlineSet, TraceExample, activity_figure, contour_figure, contour_panel,
-    example_traces_figure, format_duration, image_panel, quality_figure, save_figure, stages_figure,
+    example_traces_figure, format_duration, image_panel, plane_contours_figure, quality_figure, save_figure,
+    stages_figure,
     trace_panel,
 )
 
@@ -391,9 +392,15 @@ def _components_section(run: _Run) -> Section:
                    background_label=bg_label)
     caption = ("accepted (green, numbered by component index) and rejected (red) components outlined at 30% of "
                "their peak" + ("; true cells dashed blue" if run.truth is not None else "")
-               + f", on the {bg_label or 'frame'}")
+               + f", on the {bg_label or 'frame'}" + (" (maximum over planes)" if len(est.dims) == 3 else ""))
+    figures = [("components.png", caption)]
+    if len(est.dims) == 3:  # a volume: also each plane with the components that reach it
+        plane_contours_figure(background if np.ndim(background) == 3 else None, sets, est.dims,
+                              run.folder / "components_planes.png", background_label=bg_label)
+        figures.append(("components_planes.png", "each plane with the components that reach it, outlined in "
+                        "that plane at 30% of their peak over the volume"))
     note = "No components were found." if est.K == 0 else ""
-    return Section("Components", figures=[("components.png", caption)], note=note)
+    return Section("Components", figures=figures, note=note)
 
 
 def _pick_examples(run: _Run, n: int) -> np.ndarray:

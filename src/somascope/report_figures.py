@@ -121,10 +121,12 @@ def project_footprints(A: Any, dims: Sequence[int]) -> tuple[Any, tuple[int, int
     return out, (dims[1], dims[2])
 
 
-def footprint_outlines(A: Any, dims: Sequence[int], level: float = 0.3) -> list[list[np.ndarray]]:
-    """Outline of each footprint at ``level`` × its maximum: per component, a list of
-    ``(n, 2)`` arrays of ``(x, y)`` = (column, row) pixel coordinates (empty for an empty
-    footprint). Volumes are outlined on their max over planes."""
+def footprint_outlines(A: Any, dims: Sequence[int], level: float = 0.3,
+                       peaks: np.ndarray | None = None) -> list[list[np.ndarray]]:
+    """Outline of each footprint at ``level`` × its maximum (or × ``peaks[k]``, e.g. a volume's
+    component peak when ``A`` is one plane of it): per component, a list of ``(n, 2)`` arrays
+    of ``(x, y)`` = (column, row) pixel coordinates (empty for an empty footprint, or one that
+    stays below the level). Volumes are outlined on their max over planes."""
     import contourpy
 
     A, (h, w) = project_footprints(A, dims)
@@ -132,8 +134,8 @@ def footprint_outlines(A: Any, dims: Sequence[int], level: float = 0.3) -> list[
     for k in range(A.shape[1]):
         rows = A.indices[A.indptr[k]:A.indptr[k + 1]]
         vals = np.asarray(A.data[A.indptr[k]:A.indptr[k + 1]], dtype=np.float64)
-        top = vals.max() if vals.size else 0.0
-        if top <= 0:
+        top = (vals.max() if vals.size else 0.0) if peaks is None else float(peaks[k])
+        if top <= 0 or not vals.size or vals.max() < level * top:
             outlines.append([])
             continue
         y, x = np.divmod(rows, w)
@@ -216,6 +218,61 @@ def contour_figure(
                   fontsize=9, frameon=False)
     ax.set_title(title + (f" ({background_label})" if background_label else ""), fontsize=11)
     ax.axis("off")
+    return save_figure(fig, path)
+
+
+def plane_contours_figure(
+    background: np.ndarray | None,
+    sets: Sequence[OutlineSet],
+    dims: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    level: float = 0.3,
+    max_planes: int = 12,
+    background_label: str = "",
+) -> Path:
+    """A volume plane by plane: each plane's image (``background`` ``Z × H × W``) with the
+    outlines, in that plane, of the footprints that reach it at ``level`` × their peak over
+    the whole volume (so a cell is outlined in the planes it occupies, not its faint edges).
+    At most ``max_planes`` planes (evenly spaced) are drawn."""
+    from matplotlib.collections import LineCollection
+    from scipy import sparse
+
+    plt = _pyplot()
+    dims = tuple(int(d) for d in dims)
+    n_z, h, w = dims
+    planes = np.unique(np.linspace(0, n_z - 1, min(n_z, max_planes)).round().astype(int))
+    cols = min(4, planes.size)
+    rows = -(-planes.size // cols)
+    size = float(np.clip(12.0 / cols, 2.5, 5.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows * h / w + 0.6), squeeze=False)
+    plane_px = h * w
+    prepared = []
+    for s in sets:
+        A = sparse.csc_matrix(s.A)
+        peaks = np.asarray(abs(A).max(axis=0).todense()).ravel() if A.shape[1] else np.zeros(0)
+        prepared.append((s, A.tocsr(), peaks))
+    for ax, z in zip(axes.ravel(), planes):
+        if background is not None:
+            img = np.asarray(background)[z] if np.ndim(background) == 3 else _flat_image(background)
+            lo, hi = _limits(img)
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            ax.imshow(np.zeros((h, w)), cmap="gray", vmin=0, vmax=1)
+        for s, A, peaks in prepared:
+            part = sparse.csc_matrix(A[z * plane_px:(z + 1) * plane_px])
+            outlines = footprint_outlines(part, (h, w), level, peaks=peaks)
+            segments = [seg for comp in outlines for seg in comp]
+            ax.add_collection(LineCollection(segments, colors=s.colour, linewidths=s.linewidth, linestyles=s.linestyle))
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(f"plane {z}", fontsize=10)
+        ax.axis("off")
+    for ax in axes.ravel()[planes.size:]:
+        ax.axis("off")
+    handles = [ax.plot([], [], color=s.colour, ls=s.linestyle, lw=1.5, label=s.label)[0] for s, _, _ in prepared]
+    fig.legend(handles=handles, loc="lower center", ncols=max(1, len(handles)), fontsize=9, frameon=False)
+    fig.suptitle("components plane by plane" + (f" ({background_label})" if background_label else ""), fontsize=11)
     return save_figure(fig, path)
 
 
