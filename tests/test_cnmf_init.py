@@ -362,7 +362,7 @@ def test_register_method_runs_on_the_downsampled_normalised_movie(
     monkeypatch.setattr(init_mod, "_REGISTRY", dict(init_mod._REGISTRY))
     seen: dict[str, object] = {}
 
-    def corners(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> Initialization:
+    def corners(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...], tsub: int) -> Initialization:
         seen.update(shape=Y.shape, ssub=ssub, tsub=tsub)
         T, dims = Y.shape[0], Y.shape[1:]
         A = sp.csc_matrix(([1.0], ([0], [0])), shape=(math.prod(dims), 1), dtype=np.float32)
@@ -373,7 +373,7 @@ def test_register_method_runs_on_the_downsampled_normalised_movie(
 
     register_method("greedy_corr", corners, refine=False)
     init = initialize(sim.movie, params(**{"init.method": "greedy_corr", "init.ssub": 2}))
-    assert seen == {"shape": (150, 15, 15), "ssub": 2, "tsub": 2}
+    assert seen == {"shape": (150, 15, 15), "ssub": (2, 2), "tsub": 2}
     assert init.method == "corners" and init.A.shape == (900, 1) and init.C.shape == (1, 300)
     assert "greedy_corr" in init_mod.available_methods()
 

@@ -48,7 +48,8 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   (``K = None``, CNMF-E's choice, is accepted: on the one-photon family, with ``SNR_lowest``
   0.5, it found more cells — 87 % before the quality tests against 80 % — among 2–3 times as
   many components, mostly pieces of bright somata, and the median F1 fell from 0.84 to 0.76).
-* ``init.ssub = p_ssub = max(1, floor(min(gSig) / 2.5))`` (keeps gSig ≥ 2.5 px after spatial
+* ``init.ssub = p_ssub = max(1, floor(min(in-plane gSig) / 2.5))``, in the imaging plane (a
+  volume's planes are not merged) (keeps gSig ≥ 2.5 px after spatial
   downsampling); ``init.tsub = max(1, floor(fr·decay_time / 6))`` (keeps ≥ 6 frames per
   decay time after temporal downsampling); inside patches ``p_tsub = max(1,
   floor(fr·decay_time / 3))`` (≥ 3 frames per decay time: the patches only initialise; the
@@ -1005,7 +1006,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("patch.rf", lambda v, n: tuple((3 if v["data.is_1p"] else 4) * s for s in v["init.gSiz"])),
     ("patch.stride", lambda v, n: tuple(v["init.gSiz"])),
     ("init.K", _rule_K),
-    ("init.ssub", lambda v, n: max(1, math.floor(min(v["init.gSig"]) / 2.5 + 1e-9))),
+    ("init.ssub", lambda v, n: max(1, math.floor(min(v["init.gSig"][-2:]) / 2.5 + 1e-9))),  # in the plane
     ("init.tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 6 + 1e-9))),
     ("patch.p_ssub", lambda v, n: v["init.ssub"]),
     ("patch.p_tsub", lambda v, n: max(1, math.floor(v["data.fr"] * v["data.decay_time"] / 3 + 1e-9))),

@@ -842,7 +842,7 @@ def _dilated_support(A: sp.spmatrix, dims: tuple[int, ...], dilation: int) -> np
 # ----------------------------------------------------------------------------- resampling
 
 
-def downsample(Y: np.ndarray, ssub: int = 1, tsub: int = 1, *,
+def downsample(Y: np.ndarray, ssub: int | Sequence[int] = 1, tsub: int = 1, *,
                divisor: np.ndarray | None = None) -> np.ndarray:
     """Block means of ``ssub`` px along each spatial axis and ``tsub`` frames.
 
@@ -852,29 +852,47 @@ def downsample(Y: np.ndarray, ssub: int = 1, tsub: int = 1, *,
 
     Args:
         Y: movie ``T × *dims``; not modified.
-        ssub: spatial factor (≥ 1), the same on every spatial axis.
+        ssub: spatial factor (≥ 1), the same on every spatial axis, or one per spatial axis.
         tsub: temporal factor (≥ 1).
         divisor: optional image (``dims``) every frame is divided by first (normalisation).
 
     Returns:
         float32 ``ceil(T / tsub) × ceil(d / ssub)…``; always a new array.
     """
-    return _downsample(_check_movie(Y), _check_count(ssub, "ssub"), _check_count(tsub, "tsub"),
-                       divisor)
+    Y = _check_movie(Y)
+    return _downsample(Y, _spatial_factors(ssub, Y.ndim - 1), _check_count(tsub, "tsub"), divisor)
 
 
-def _downsample(Y: np.ndarray, ssub: int, tsub: int, divisor: np.ndarray | None) -> np.ndarray:
-    """:func:`downsample` on a checked movie."""
+def _spatial_factors(ssub: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    """``ssub`` as one factor (≥ 1) per spatial axis."""
+    if np.ndim(ssub) == 0:
+        return (_check_count(ssub, "ssub"),) * ndim
+    factors = tuple(_check_count(f, "ssub") for f in ssub)  # type: ignore[union-attr]
+    if len(factors) != ndim:
+        raise ValueError(f"ssub={tuple(ssub)!r} gives {len(factors)} factors for {ndim} spatial axes. "  # type: ignore[arg-type]
+                         "Fix: one per axis, or one for all.")
+    return factors
+
+
+def _init_factors(ssub: int, dims: tuple[int, ...]) -> tuple[int, ...]:
+    """The initialisation's spatial factors: ``init.ssub`` in the imaging plane; a volume's
+    planes are not merged (a thin stack has few, and its neurons are a few planes deep)."""
+    ssub = max(1, min(int(ssub), max(dims)))
+    return (1,) * (len(dims) - 2) + (ssub, ssub) if len(dims) == 3 else (ssub,) * len(dims)
+
+
+def _downsample(Y: np.ndarray, ssub: tuple[int, ...], tsub: int, divisor: np.ndarray | None) -> np.ndarray:
+    """:func:`downsample` on a checked movie (``ssub``: one factor per spatial axis)."""
     T, dims = Y.shape[0], tuple(Y.shape[1:])
     if divisor is not None:
         divisor = np.asarray(divisor, dtype=np.float32)
         if divisor.shape != dims:
             raise ValueError(f"divisor has shape {divisor.shape}, frames {dims}. Fix: give one "
                              f"value per pixel of a frame.")
-    ds_dims = tuple(-(-d // ssub) for d in dims)
+    ds_dims = tuple(-(-d // f) for d, f in zip(dims, ssub))
     out = np.empty((-(-T // tsub),) + ds_dims, dtype=np.float32)
     frames = tsub * max(1, _BLOCK_ELEMENTS // (tsub * math.prod(dims)))
-    factors = (tsub,) + (ssub,) * len(dims)
+    factors = (tsub,) + tuple(ssub)
     for t0 in range(0, T, frames):
         block = np.asarray(Y[t0:t0 + frames], dtype=np.float32)
         if divisor is not None:
@@ -928,15 +946,15 @@ def _interpolation_matrix(n_fine: int, factor: int) -> sp.csr_matrix:
     return M
 
 
-def _spatial_interpolation(dims: tuple[int, ...], ssub: int) -> sp.csr_matrix:
+def _spatial_interpolation(dims: tuple[int, ...], ssub: tuple[int, ...]) -> sp.csr_matrix:
     """``pixels × pixels_ds`` interpolation matrix, C order, separable (Kronecker product)."""
     M = sp.csr_matrix(np.ones((1, 1)))
-    for d in dims:
-        M = sp.kron(M, _interpolation_matrix(d, ssub), format="csr")
+    for d, f in zip(dims, ssub):
+        M = sp.kron(M, _interpolation_matrix(d, f), format="csr")
     return M
 
 
-def upsample(init: Initialization, dims: Sequence[int], n_frames: int, ssub: int = 1,
+def upsample(init: Initialization, dims: Sequence[int], n_frames: int, ssub: int | Sequence[int] = 1,
              tsub: int = 1) -> Initialization:
     """Bring an initialisation found on a :func:`downsample`-d movie back to full resolution.
 
@@ -949,20 +967,20 @@ def upsample(init: Initialization, dims: Sequence[int], n_frames: int, ssub: int
         init: initialisation on the downsampled grid.
         dims: full frame shape.
         n_frames: full number of frames.
-        ssub, tsub: the factors used by :func:`downsample`.
+        ssub, tsub: the factors used by :func:`downsample` (``ssub``: one, or one per axis).
     """
     dims = tuple(int(d) for d in dims)
-    ssub, tsub = _check_count(ssub, "ssub"), _check_count(tsub, "tsub")
+    ssub, tsub = _spatial_factors(ssub, len(dims)), _check_count(tsub, "tsub")
     n_frames = _check_count(n_frames, "n_frames")
-    ds_dims = tuple(-(-d // ssub) for d in dims)
+    ds_dims = tuple(-(-d // f) for d, f in zip(dims, ssub))
     ds_T = -(-n_frames // tsub)
     if init.A.shape[0] != math.prod(ds_dims) or init.C.shape[1:] not in ((ds_T,), ()) \
             or init.f.shape[1:] not in ((ds_T,), ()):
         raise ValueError(f"the initialisation (A {init.A.shape}, C {init.C.shape}) is not on the "
-                         f"grid of {dims} × {n_frames} frames downsampled by ssub={ssub}, "
+                         f"grid of {dims} × {n_frames} frames downsampled by ssub={ssub if len(set(ssub)) > 1 else ssub[0]}, "
                          f"tsub={tsub} ({ds_dims} × {ds_T}). Fix: pass the factors used.")
     A, b = init.A, init.b
-    if ssub > 1:
+    if max(ssub) > 1:
         S = _spatial_interpolation(dims, ssub)
         A = sp.csc_matrix(S @ A)
         b = np.asarray(S @ b)
@@ -987,7 +1005,8 @@ def upsample(init: Initialization, dims: Sequence[int], n_frames: int, ssub: int
 
 InitMethod = Callable[..., Initialization]
 """``fn(Y, params, *, ssub, tsub) -> Initialization``: ``Y`` is the normalised, downsampled
-movie ``T × *dims`` and ``ssub``/``tsub`` the factors used (to rescale sizes and windows)."""
+movie ``T × *dims`` and ``ssub`` (one factor per spatial axis) / ``tsub`` the factors used (to
+rescale sizes and windows)."""
 
 
 @dataclass(frozen=True)
@@ -1054,14 +1073,14 @@ def _unnormalize(init: Initialization, scale: np.ndarray) -> Initialization:
                           dims=init.dims)
 
 
-def _scaled_sizes(params: Params, ssub: int) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """``gSig``, ``gSiz`` of the neuron on a grid downsampled ``ssub`` times."""
-    gsig = tuple(g / ssub for g in params.init.gSig)
-    gsiz = tuple(2 * max(1, math.ceil((s // 2) / ssub)) + 1 for s in params.init.gSiz)
+def _scaled_sizes(params: Params, ssub: tuple[int, ...]) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """``gSig``, ``gSiz`` of the neuron on a grid downsampled ``ssub`` times (per axis)."""
+    gsig = tuple(g / f for g, f in zip(params.init.gSig, ssub))
+    gsiz = tuple(2 * max(1, math.ceil((s // 2) / f)) + 1 for s, f in zip(params.init.gSiz, ssub))
     return gsig, gsiz
 
 
-def _run_greedy(Y: np.ndarray, params: Params, *, ssub: int, tsub: int,
+def _run_greedy(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...], tsub: int,
                 rolling: bool) -> Initialization:
     gsig, gsiz = _scaled_sizes(params, ssub)
     length = max(1, round(params.init.rolling_length / tsub)) if rolling else None
@@ -1069,18 +1088,18 @@ def _run_greedy(Y: np.ndarray, params: Params, *, ssub: int, tsub: int,
                       rolling_length=length, surround=SURROUND)
 
 
-def _run_greedy_roi(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> Initialization:
+def _run_greedy_roi(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...], tsub: int) -> Initialization:
     return _run_greedy(Y, params, ssub=ssub, tsub=tsub, rolling=False)
 
 
-def _run_rolling_greedy_roi(Y: np.ndarray, params: Params, *, ssub: int,
+def _run_rolling_greedy_roi(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...],
                             tsub: int) -> Initialization:
     return _run_greedy(Y, params, ssub=ssub, tsub=tsub, rolling=True)
 
 
-def _run_sparse_nmf(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> Initialization:
+def _run_sparse_nmf(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...], tsub: int) -> Initialization:
     sig = params.init.sigma_smooth_snmf
-    sig = (sig[0] / tsub,) + tuple(s / ssub for s in sig[1:])
+    sig = (sig[0] / tsub,) + tuple(s / f for s, f in zip(sig[1:], ssub))
     gsig, _ = _scaled_sizes(params, ssub)
     return sparse_nmf(Y, params.init.K, nb=params.init.nb, alpha=params.init.alpha_snmf,
                       max_iter=params.init.max_iter_snmf, sigma_smooth=sig,
@@ -1088,7 +1107,7 @@ def _run_sparse_nmf(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> I
                       surround=None if not SURROUND else tuple(SURROUND * g for g in gsig))
 
 
-def _run_greedy_corr(Y: np.ndarray, params: Params, *, ssub: int, tsub: int) -> Initialization:
+def _run_greedy_corr(Y: np.ndarray, params: Params, *, ssub: tuple[int, ...], tsub: int) -> Initialization:
     from .greedy_corr import greedy_corr
 
     gsig, gsiz = _scaled_sizes(params, ssub)
@@ -1160,7 +1179,7 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None,
                              f"Fix: set init.K.")
     Y = _check_movie(Y, ndim=params.ndim)
     T, dims = Y.shape[0], tuple(Y.shape[1:])
-    ssub = max(1, min(params.init.ssub, max(dims)))
+    ssub = _init_factors(params.init.ssub, dims)
     if n_frames is None:
         tsub = max(1, min(params.init.tsub, T // 2))
         binned = tsub
@@ -1171,7 +1190,7 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None,
                              f"{-(-T // tsub)} rows, got {Y.shape[0]}. Fix: pass the n_frames and "
                              "tsub the movie was binned with.")
 
-    Yds = _downsample(Y, ssub, binned, None) if (ssub > 1 or binned > 1) \
+    Yds = _downsample(Y, ssub, binned, None) if (max(ssub) > 1 or binned > 1) \
         else np.asarray(Y, dtype=np.float32)
     scale = None
     if params.init.normalize_init:
@@ -1191,7 +1210,7 @@ def initialize(Y: np.ndarray, params: Params, *, method: str | None = None,
     del Yds
     if scale is not None:
         init = _unnormalize(init, scale.ravel())
-    if ssub > 1 or tsub > 1:
+    if max(ssub) > 1 or tsub > 1:
         init = upsample(init, dims, T, ssub, tsub)
     log.info("initialisation %s: %d components, %d background", name, init.K, init.nb)
     return init

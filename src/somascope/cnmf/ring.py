@@ -86,7 +86,7 @@ class RingModel:
         """``pixels × pixels_ds`` linear interpolation back to full resolution (built once)."""
         from .initialization import _spatial_interpolation
 
-        return _spatial_interpolation(self.dims, self.ssub_B)
+        return _spatial_interpolation(self.dims, (self.ssub_B,) * len(self.dims))
 
     def background(self, frames: np.ndarray, AC: np.ndarray | None = None) -> np.ndarray:
         """``B`` of ``frames`` (``t × H × W``) given the components' ``A·C`` on them (same
