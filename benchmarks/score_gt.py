@@ -1,4 +1,5 @@
-"""Score a ``somascope run`` folder against a ``gt.npz`` ground truth in the ``dev_sim`` layout.
+"""Score a ``somascope run`` folder against a ``gt.npz`` ground truth in the ``dev_sim`` layout
+(2-D, or a volume of the hard family: ``A`` (N, Z, H, W), matched in 3-D).
 
 The rule is the one in ``../shared/data/dev_sim/README.md``: footprints binarised at 0.2 × their
 max, largest connected piece, Jaccard distance, Hungarian assignment, pairs with distance > 0.7
@@ -32,8 +33,11 @@ def score_estimates(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]
 def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: Any,
                      C: np.ndarray | None = None) -> dict[str, Any]:
     """Figures of footprints ``A`` (``pixels × K``; columns ``accepted`` are the tool's cells)
-    against ``gt`` (a mapping with ``A`` (N, H, W), ``C``, ``is_soma``, ``is_active``, ``snr``,
-    ``mean_clean``); ``mean_image`` is the tool's mean image, which fixes its frame's offset.
+    against ``gt`` (a mapping with ``A`` (N, H, W) or, for a volume, (N, Z, H, W), ``C``,
+    ``is_soma``, ``is_active``, ``snr``, ``mean_clean``); ``mean_image`` is the tool's mean image
+    (``(H, W)``, a volume's ``(Z, H, W)``), which fixes its frame's in-plane offset (a volume's
+    from the planes' average; the hard volume has no z motion). Footprints are matched in 3-D
+    for a volume (:func:`somascope.metrics.match_footprints` with ``dims`` (Z, H, W)).
 
     Returns ``f1``, ``precision``, ``recall``, ``n_true``, ``n_est``, ``f1_snr4``,
     ``f1_snr8`` (targets restricted to ``snr`` > 4 / > 8, precision unchanged), ``recall_by_snr``
@@ -45,15 +49,20 @@ def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: A
     from somascope.metrics import match_footprints, shift_footprints, trace_correlation
 
     A_gt = np.asarray(gt["A"], np.float32)
-    N, H, W = A_gt.shape
+    dims = tuple(int(d) for d in A_gt.shape[1:])
     target = np.flatnonzero(np.asarray(gt["is_soma"], bool) & np.asarray(gt["is_active"], bool))
     snr = np.asarray(gt["snr"], float)[target]
-    offset = frame_offset(mean_image, np.asarray(gt["mean_clean"], np.float32))
-    A_true = shift_footprints(A_gt[target].reshape(target.size, -1).T, (H, W), offset)
+    truth_mean = np.asarray(gt["mean_clean"], np.float32)
+    image = np.asarray(mean_image, np.float32)
+    if len(dims) == 3:  # a volume moves in-plane only: one (dy, dx) from the planes' average
+        truth_mean = truth_mean.mean(axis=0)
+        image = image.reshape(-1, *image.shape[-2:]).mean(axis=0)
+    offset = frame_offset(image, truth_mean)
+    A_true = _shift_in_plane(A_gt[target].reshape(target.size, -1).T, dims, offset, shift_footprints)
     rule = dict(binarise_frac=0.2, largest_piece=True)
     acc = np.asarray(accepted, np.int64)
-    m = match_footprints(A_true, A[:, acc], (H, W), **rule)
-    m_all = match_footprints(A_true, A, (H, W), **rule)
+    m = match_footprints(A_true, A[:, acc], dims, **rule)
+    m_all = match_footprints(A_true, A, dims, **rule)
     hit = np.zeros(target.size, bool)
     hit[m.ref_idx] = True
     out: dict[str, Any] = {"f1": m.f1, "precision": m.precision, "recall": m.recall, "n_true": m.n_ref,
@@ -72,6 +81,19 @@ def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: A
         r = trace_correlation(np.asarray(gt["C"], float)[target], np.asarray(C, float)[acc], m)
         out["trace_r"] = float(np.median(r))
     return out
+
+
+def _shift_in_plane(A: Any, dims: tuple[int, ...], offset: np.ndarray, shift_footprints: Any) -> Any:
+    """Footprints ``A`` (``pixels × K``, C order of ``dims`` (H, W) or (Z, H, W)) moved by the
+    in-plane ``offset`` (dy, dx) px, every plane of a volume alike."""
+    if len(dims) == 2:
+        return shift_footprints(A, dims, offset)
+    from scipy import sparse
+
+    A = sparse.csr_matrix(A)
+    plane = dims[1] * dims[2]
+    return sparse.vstack([shift_footprints(A[z * plane:(z + 1) * plane], dims[1:], offset)
+                          for z in range(dims[0])]).tocsc()
 
 
 def score_run(run_dir: str | Path, gt_path: str | Path) -> dict[str, Any]:

@@ -288,7 +288,7 @@ def test_bad_options_are_refused(movie: Path, tmp_path: Path, argv: list[str], n
     ([], ["the following arguments are required: COMMAND", "somascope --help"]),
     (["nosuchcommand"], ["invalid choice: 'nosuchcommand'"]),
     (["batch", "add"], ["batch add: the following arguments are required"]),
-    (["simulate", "__OUT__", "--kind", "volume", "--preset", "hard"], ["--preset hard", "--kind 2p"]),
+    (["simulate", "__OUT__", "--kind", "1p", "--preset", "hard", "--channels", "2"], ["--channels 2", "Fix:"]),
 ])
 def test_usage_errors_are_one_line_and_exit_2(movie: Path, tmp_path: Path, argv: list[str], needles: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
@@ -504,3 +504,18 @@ def test_a_closed_output_pipe_is_not_an_error(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert b"somascope: error" not in err and b"Traceback" not in err, err
     assert proc.returncode in (0, 141)
+
+
+def test_a_closed_pipe_after_the_work_keeps_the_output(tmp_path: Path) -> None:
+    """A command whose reader goes away while it prints its last line (`somascope simulate … |
+    head -1`) keeps what it wrote: only a failure of the work removes a new output folder."""
+    from somascope.cli import _new_output_folder
+
+    out = tmp_path / "sim"
+    with pytest.raises(BrokenPipeError), _new_output_folder(out):
+        (out / "movie.tif").write_bytes(b"done")
+        raise BrokenPipeError
+    assert (out / "movie.tif").read_bytes() == b"done"
+    with pytest.raises(ValueError), _new_output_folder(tmp_path / "failed"):
+        raise ValueError("the work failed")
+    assert not (tmp_path / "failed").exists()

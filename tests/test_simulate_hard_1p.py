@@ -142,5 +142,5 @@ def test_cli_simulate_1p_hard_writes_a_movie(tmp_path):
 
     movie = tifffile.imread(tmp_path / "h" / "movie.tif")
     assert movie.shape == (20, 40, 48) and movie.dtype == np.uint16 and movie.mean() > 200  # 100 ADU + photons
-    with pytest.raises(SystemExit):
-        main(["simulate", str(tmp_path / "v"), "--kind", "volume", "--preset", "hard", "-q"])
+    with pytest.raises(SystemExit):  # the structural channel belongs to the two-photon families
+        main(["simulate", str(tmp_path / "v"), "--kind", "1p", "--preset", "hard", "--channels", "2", "-q"])

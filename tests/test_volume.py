@@ -52,13 +52,13 @@ def test_a_thin_stack_searches_no_motion_along_z_unless_asked(tmp_path: Path) ->
 
 
 def test_components_per_patch_count_the_planes_a_patch_really_has() -> None:
-    """A volume's neuron is a disc of its in-plane radius reaching 2·r_z + 1 planes; a patch
-    cut short by a thin stack holds its share of a whole patch's components."""
+    """A volume's neuron is a disc of its in-plane radius reaching 2·r_z planes; a patch cut
+    short by a thin stack holds its share of a whole patch's components."""
     from somascope.cnmf.fit import components_per_fov
 
     p = Params.from_neuron((1.0, 5.0, 5.0), fr=15)
     rf = p.patch.rf
-    whole = np.prod([2 * r for r in rf]) / (np.pi * 25 * 3)
+    whole = np.prod([2 * r for r in rf]) / (np.pi * 25 * 2)
     assert p.init.K == round(0.6 * whole)
     assert components_per_fov(p, tuple(2 * r for r in rf)) == p.init.K
     assert components_per_fov(p, (4, 2 * rf[1], 2 * rf[2])) == int(np.ceil(p.init.K * 4 / (2 * rf[0]) - 1e-9))

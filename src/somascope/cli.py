@@ -105,6 +105,8 @@ def _new_output_folder(out: Path) -> Iterator[None]:
     out.mkdir(parents=True, exist_ok=True)
     try:
         yield
+    except BrokenPipeError:
+        raise  # only the reader of the command's messages went away: the output is complete
     except BaseException:
         if not existed:
             import shutil
@@ -176,10 +178,21 @@ def _disk_size(path: Path) -> int:
     return path.stat().st_size
 
 
+#: The hard volume's size when --dims is not given: 4 planes of 192×192 px.
+HARD_VOLUME_DIMS = (4, 192, 192)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if args.preset == "hard" and args.kind not in ("2p", "1p"):  # before anything is written
-        raise SystemExit("--preset hard is a two-photon or one-photon family. Fix: use --kind 2p or --kind 1p.")
+    # refused before anything is written
+    if args.channels != 1 and (args.preset != "hard" or args.kind == "1p"):
+        raise SystemExit("--channels 2 (a structural channel) is for the hard two-photon and volume families. "
+                         "Fix: add --preset hard with --kind 2p or --kind volume, or drop --channels.")
+    if args.preset != "hard" and (args.plane_spacing is not None or args.axial_radius is not None):
+        raise SystemExit("--plane-spacing and --axial-radius are for --preset hard --kind volume. Fix: drop them.")
+    if args.dims and len(args.dims) != (3 if args.kind == "volume" else 2):
+        raise SystemExit(f"--dims takes {'Z H W' if args.kind == 'volume' else 'H W'} for --kind {args.kind}; "
+                         f"got {len(args.dims)} numbers. Fix: e.g. --dims {'4 128 128' if args.kind == 'volume' else '256 256'}.")
     with _new_output_folder(out):
         return _simulate_into(args, out)
 
@@ -196,13 +209,25 @@ def _simulate_into(args: argparse.Namespace, out: Path) -> int:
                                 "motion": "rigid" if args.motion is None else args.motion, "progress": not args.quiet}
         if args.dims:
             hard["dims"] = tuple(args.dims)
+        elif args.kind == "volume":
+            hard["dims"] = HARD_VOLUME_DIMS
         if args.radius is not None:
             hard["neuron_radius"] = args.radius
         if args.decay_time is not None:
             hard["decay_time"] = args.decay_time
-        sim = (simulate.one_photon if args.kind == "1p" else simulate.two_photon)(**hard, preset="hard")
+        if args.channels != 1:
+            hard["channels"] = args.channels
+        if args.kind == "volume":
+            for key in ("plane_spacing", "axial_radius"):
+                if getattr(args, key) is not None:
+                    hard[key] = getattr(args, key)
+        simulator = {"2p": simulate.two_photon, "1p": simulate.one_photon, "volume": simulate.volumetric}[args.kind]
+        sim = simulator(**hard, preset="hard")
         simulate.write_ground_truth_folder(sim, out)
         print(simulate.describe(sim))
+        if args.channels == 2:
+            print(f"channel 0: functional, channel 1: structural ({int(sim.extra['labelled'].sum())} of "
+                  f"{int((sim.kind == 'soma').sum())} somata labelled); read one with --n-channels 2 --channel 0|1")
         print(f"wrote {out / 'movie.tif'}, {out / 'gt.npz'}")
         return 0
     if args.motion is None:
@@ -570,10 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["tif", "zarr", "h5"], default="tif",
                    help="movie file format (zarr is written out-of-core, for movies larger than memory)")
     p.add_argument("--preset", choices=["easy", "hard"], default="easy",
-                   help="hard: the dense, dim two-photon family (--kind 2p) or the micro-endoscope-like one-photon "
-                        "family (--kind 1p), written in the dev_sim layout (movie.tif + gt.npz)")
-    p.add_argument("--radius", type=float, default=None, help="hard preset: neuron radius, px")
+                   help="hard: the dense, dim two-photon family (--kind 2p), its volume (--kind volume: an ImageJ "
+                        "TZYX hyperstack) or the micro-endoscope-like one-photon family (--kind 1p), written in the "
+                        "dev_sim layout (movie.tif + gt.npz)")
+    p.add_argument("--radius", type=float, default=None, help="hard preset: neuron radius (in-plane), px")
     p.add_argument("--decay-time", type=float, default=None, help="hard preset: typical decay time, s")
+    p.add_argument("--channels", type=int, choices=[1, 2], default=1,
+                   help="hard 2p/volume: 2 adds a static structural channel (channel 1; frames interleaved "
+                        "channel by channel, ImageJ TCYX / TZCYX)")
+    p.add_argument("--plane-spacing", type=float, default=None,
+                   help="hard volume: distance between planes, px (default: the radius, so a soma spans ~2 planes)")
+    p.add_argument("--axial-radius", type=float, default=None,
+                   help="hard volume: somata's axial radius, px (default: the radius, round somata)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("summary", help="summary images: mean, max, std, correlation, max-correlation, PNR")

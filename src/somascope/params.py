@@ -39,7 +39,7 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   eight neurons across (88 px for 5 px neurons), large enough that the overlaps cost little;
   ``patch.stride = gSiz`` so every neuron lies whole in some patch.
 * ``init.K`` = components per patch: ``round(0.6 × patch area / neuron area)``; in a volume
-  the neuron takes ``2·r_z + 1`` planes of its in-plane disc; a patch cut short by the field
+  the neuron takes ``2·r_z`` planes (at least one) of its in-plane disc; a patch cut short by the field
   of view (a thin stack's depth) gets its share of it (room
   for dense somata, dendrites and neuropil pieces: surplus candidates are merged away or
   rejected by the quality tests, missing ones are lost), at least 1; 30 when ``rf`` is None
@@ -63,8 +63,9 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   One-photon: ``min_SNR`` 1.5, ``rval_thr`` 0.6, ``min_area_ratio`` 0.35 — the traces of a
   micro-endoscope's cells keep more of the background's noise, so true cells score lower;
   chosen on the one-photon family and ``dev_sim/dev_1p`` (docs/one-photon.md).
-* ``quality.use_cnn`` = two-photon and 2-D (the shape classifier's shipped weights are
-  two-photon; one-photon and volumes: off, as in CaImAn); ``min_cnn_thr`` 0.7 (CaImAn: 0.9),
+* ``quality.use_cnn`` = two-photon (the shape classifier's shipped weights are two-photon;
+  one-photon: off, as in CaImAn; a volume's footprints are read in their plane of most
+  energy); ``min_cnn_thr`` 0.7 (CaImAn: 0.9),
   ``cnn_lowest`` 0.1 — chosen on held-out simulations, the hard family and ``dev_sim/dev_2p``
   (docs/classifier.md).
 * ``deconvolution.bas_nonneg`` is off: a CNMF trace's baseline is whatever the background
@@ -984,9 +985,10 @@ def _rule_K(v: dict[str, Any], ndim: int) -> int:
     if rf is None:
         return 30
     r = v["data.neuron_radius"]
-    # a neuron's area, or in a volume a disc of its in-plane radius reaching 2·r_z + 1 planes (a
-    # thin stack's cell covers whole planes: a ball of r_z = 1 plane would count it 2× too small)
-    neuron = math.pi * r[-2] * r[-1] * (1.0 if ndim == 2 else 2 * r[0] + 1)
+    # a neuron's area, or in a volume a disc of its in-plane radius reaching 2·r_z planes (its
+    # axial diameter; at least one plane): a thin stack's cell covers whole planes, a ball of
+    # r_z = 1 plane would count it 1.5× too small
+    neuron = math.pi * r[-2] * r[-1] * (1.0 if ndim == 2 else max(1.0, 2 * r[0]))
     ratio = math.prod(2 * x for x in rf) / neuron
     return max(1, round(K_PER_NEURON_AREA * ratio))
 
@@ -1027,7 +1029,7 @@ _RULES: tuple[tuple[str, Callable[[dict[str, Any], int], Any]], ...] = (
     ("quality.min_SNR", lambda v, n: 1.5 if v["data.is_1p"] else 2.5),
     ("quality.rval_thr", lambda v, n: 0.6 if v["data.is_1p"] else 0.8),
     ("quality.min_area_ratio", lambda v, n: 0.35 if v["data.is_1p"] else 0.0),
-    ("quality.use_cnn", lambda v, n: n == 2 and not v["data.is_1p"]),
+    ("quality.use_cnn", lambda v, n: not v["data.is_1p"]),  # a volume: in each cell's widest plane
     ("quality.N_samples_exceptionality",
      lambda v, n: max(1, _ceil(v["data.fr"] * v["data.decay_time"]))),
     ("online.max_shifts_online", lambda v, n: _ceil(2 * max(v["data.neuron_radius"]))),

@@ -469,13 +469,14 @@ def footprint_masks(A: Any, dims: Sequence[int]) -> sp.csc_matrix:
     return binarise_footprints(_as_csc(A, "A"), tuple(int(d) for d in dims), largest_piece=True)
 
 
-def widest_planes(masks: Any, dims: Sequence[int]) -> sp.csc_matrix:
-    """Each 3-D mask (``Z·H·W × K``) reduced to its plane with the most pixels (``H·W × K``).
+def widest_planes(masks: Any, dims: Sequence[int], *, by_energy: bool = False) -> sp.csc_matrix:
+    """Each 3-D mask (``Z·H·W × K``) reduced to its plane with the most pixels (``H·W × K``);
+    with ``by_energy``, each footprint to its plane of largest sum of squares.
 
     The shape tests of a volume look there: how many planes a cell's mask reaches, and so its
     3-D elongation and volume, depend on the optics and the plane spacing more than on the
     cell; its outline in the plane does not (a soma is round and one neuron wide, a dendrite
-    long, neuropil wide)."""
+    long, neuropil wide). The shape classifier reads a volume's footprints there too."""
     dims = tuple(int(d) for d in dims)
     M = _as_csc(masks, "masks")
     plane = dims[-2] * dims[-1]
@@ -484,7 +485,8 @@ def widest_planes(masks: Any, dims: Sequence[int]) -> sp.csc_matrix:
         lo, hi = M.indptr[k], M.indptr[k + 1]
         rows, vals = M.indices[lo:hi], M.data[lo:hi]
         if rows.size:
-            z = int(np.argmax(np.bincount(rows // plane)))
+            weights = np.square(vals, dtype=np.float64) if by_energy else None
+            z = int(np.argmax(np.bincount(rows // plane, weights=weights)))
             here = rows // plane == z
             rows, vals = rows[here] - z * plane, vals[here]
         cols.append((rows, vals))
@@ -685,12 +687,15 @@ def evaluate_components(
 def classify_components(A: Any, dims: Sequence[int], params: Params) -> np.ndarray | None:
     """The shape classifier's probability ``(K,)`` that each footprint of ``A`` (``pixels × K``)
     is a soma, with the weights ``params`` chooses (``quality.cnn_weights``, else those shipped
-    for the modality); None, with a log line, where it does not apply (volumes, or no weights
-    for one-photon data)."""
+    for the modality); None, with a log line, where it does not apply (no weights for
+    one-photon data). A volume's footprints are read in their plane of most energy."""
     from .classifier.cnn import load_weights, predict, shipped_weights
 
     q = params.quality
-    if len(dims) != 2:
+    radius = tuple(float(r) for r in params.data.neuron_radius)
+    if len(dims) == 3:  # a volume: each footprint in its plane of most energy, a 2-D cell there
+        A, dims, radius = widest_planes(A, dims, by_energy=True), tuple(dims)[1:], radius[1:]
+    elif len(dims) != 2:
         log.info("the shape classifier reads 2-D footprints; it is skipped for %d-D data.", len(dims))
         return None
     modality = "1p" if params.data.is_1p else "2p"
@@ -698,10 +703,9 @@ def classify_components(A: Any, dims: Sequence[int], params: Params) -> np.ndarr
         log.info("no classifier weights ship for %s data; the CNN test is skipped (docs/classifier.md).", modality)
         return None
     weights = load_weights(q.cnn_weights, modality=modality)
-    radius = tuple(float(r) for r in params.data.neuron_radius)
     radii = None
     if q.gSig_range:
-        scale = radius[0] / float(params.init.gSig[0])
+        scale = radius[-1] / float(params.init.gSig[-1])
         radii = [float(g) * scale for g in q.gSig_range]
     return predict(A, dims, radius, weights, radii=radii)
 

@@ -174,6 +174,9 @@ def simulate(p: dict[str, Any], modality: str) -> Simulation:
     return simulate_session(c, footprints, props, background, modality=modality, params=params, out=p["out"])
 
 
+EASY_VOLUME_RADIUS = (1.5, 4.0, 4.0)  # (z, y, x) px, volumetric()'s default soma radius
+HARD_VOLUME_RADIUS = 6.0  # px in-plane, volumetric(preset="hard")'s default (round somata, one plane axially)
+
 #: Arguments the hard presets take (the rest belong to the easy model).
 _HARD_KEYS = ("dims", "n_frames", "frame_rate", "decay_time", "neuron_radius", "motion", "seed", "out",
               "interp_order", "overwrite", "chunk_frames", "n_threads", "progress")
@@ -183,18 +186,37 @@ def _with_preset(p: dict[str, Any], modality: str) -> Simulation:
     """Simulate the arguments ``p`` of :func:`two_photon` / :func:`one_photon` with their
     ``preset``: the hard family of ``modality`` or the easy model."""
     preset = p.pop("preset")
+    channels = p.pop("channels", 1)
+    volume_keys = ("plane_spacing", "axial_radius")
     if preset == "hard":
         if modality == "one_photon":
             from .hard_1p import simulate_hard_1p as hard
 
+            if channels != 1:
+                raise ValueError("channels=2 (a structural channel) is for the two-photon and volume hard presets; "
+                                 "the one-photon hard preset has one channel.")
             keys = _HARD_KEYS
+        elif modality == "volumetric":
+            from .hard_volume import simulate_hard_volume as hard
+
+            keys = _HARD_KEYS + ("nonrigid_amplitude",) + volume_keys
+            if p["neuron_radius"] is None:
+                p["neuron_radius"] = HARD_VOLUME_RADIUS
         else:
             from .hard import simulate_hard as hard
 
             keys = _HARD_KEYS + ("nonrigid_amplitude",)
-        return hard(**{k: p[k] for k in keys})
+        return hard(**{k: p[k] for k in keys}, **({} if modality == "one_photon" else {"channels": channels}))
     if preset not in (None, "easy"):
         raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
+    if channels != 1:
+        raise ValueError(f"channels={channels!r}: a second (structural) channel needs preset='hard'.")
+    if modality == "volumetric":
+        if any(p.pop(k) is not None for k in volume_keys):
+            raise ValueError("plane_spacing and axial_radius are for preset='hard'; the easy volume takes "
+                             "neuron_radius=(z, y, x).")
+        if p["neuron_radius"] is None:
+            p["neuron_radius"] = EASY_VOLUME_RADIUS
     return simulate(p, modality)
 
 
@@ -237,6 +259,7 @@ def two_photon(
     n_threads: int | None = None,
     progress: bool = False,
     preset: str | None = None,
+    channels: int = 1,
 ) -> Simulation:
     """Simulate a two-photon movie ``T×H×W`` with ground truth.
 
@@ -279,6 +302,11 @@ def two_photon(
     with jumps; ``"nonrigid"`` adds a smooth warp of ``nonrigid_amplitude`` px, default 2.5),
     ``seed``, ``out`` and the rendering options (``interp_order``, ``overwrite``,
     ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
+    ``channels=2`` (hard preset only) adds a static structural channel — a nuclear marker in
+    85 % of the somata, none in dendrites or neuropil, moved by the same motion, with its own
+    noise (:mod:`somascope.simulate.structural`): ``Simulation.extra["structural"]`` is its
+    ``T×H×W`` movie and ``extra["labelled"]`` (K,) says which components carry it; ``movie``
+    is the functional channel, the same as with ``channels=1``.
     ``preset=None`` or ``"easy"`` is the model above.
     """
     return _with_preset(dict(locals()), "two_photon")
@@ -352,7 +380,7 @@ def volumetric(
     n_cells: int = 40,
     frame_rate: float = 5.0,
     decay_time: float = 0.4,
-    neuron_radius: float | tuple[float, float, float] = (1.5, 4.0, 4.0),
+    neuron_radius: float | tuple[float, float, float] | None = None,
     motion: str | None = None,
     max_shift: float | tuple[float, float, float] = (0.5, 3.0, 3.0),
     snr: float = 1.0,
@@ -384,13 +412,27 @@ def volumetric(
     chunk_frames: int | None = None,
     n_threads: int | None = None,
     progress: bool = False,
+    preset: str | None = None,
+    channels: int = 1,
+    plane_spacing: float | None = None,
+    axial_radius: float | None = None,
 ) -> Simulation:
     """Simulate a volumetric two-photon movie ``T×Z×H×W`` (``dims = (Z, H, W)``,
     ``frame_rate`` in volumes per second) with ground truth.
 
     Same model and arguments as :func:`two_photon`; cells are 3-D ellipsoids (ring cells
-    are shells) with per-axis radii ``neuron_radius`` = (z, y, x) px, elongated in the
-    imaging plane at random angles; processes are 3-D curves; motion has a z component
-    (``max_shift`` per axis). ``A`` has ``Z·H·W`` rows in C order of ``(Z, H, W)``.
+    are shells) with per-axis radii ``neuron_radius`` = (z, y, x) px (default (1.5, 4, 4)),
+    elongated in the imaging plane at random angles; processes are 3-D curves; motion has a z
+    component (``max_shift`` per axis). ``A`` has ``Z·H·W`` rows in C order of ``(Z, H, W)``.
+
+    ``preset="hard"`` switches to the hard family in 3-D (:mod:`somascope.simulate.hard_volume`):
+    dense, dim somata as 3-D bodies spanning ~2 planes, dendrites, silent somata, sparse bursty
+    firing, per-plane background and neuropil, photon counts, bleaching, vignetting and the
+    same in-plane motion on every plane (no z motion). Only ``dims``, ``n_frames``,
+    ``frame_rate``, ``decay_time``, ``neuron_radius`` (the in-plane radius px, default 6; or
+    (z planes, y, x)), ``plane_spacing`` and ``axial_radius`` (px, both default to the in-plane
+    radius: the axial radius is one plane), ``motion``, ``nonrigid_amplitude``, ``seed``,
+    ``out``, ``channels`` (2 adds the structural channel, as for :func:`two_photon`) and the
+    rendering options apply; the other arguments are ignored.
     """
-    return simulate(dict(locals()), "volumetric")
+    return _with_preset(dict(locals()), "volumetric")

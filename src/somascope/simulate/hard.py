@@ -28,6 +28,7 @@ from .motion import jumpy_path, make_motion
 from .neuropil import blob_activity, field_activity, neuropil_blobs, neuropil_fields, vessel_mask
 from .render import NoiseModel, render_movie
 from .result import Simulation
+from .structural import STRUCTURAL, StructuralSettings, add_structural, check_channels
 from .traces import ar_coefficients, calcium, impulse_peak, spike_counts
 
 
@@ -224,8 +225,15 @@ def simulate_hard(
     n_threads: int | None = None,
     progress: bool = False,
     settings: HardSettings = SETTINGS,
+    channels: int = 1,
+    structural: StructuralSettings = STRUCTURAL,
 ) -> Simulation:
     """A hard two-photon movie ``T×H×W`` in photons (float32; see the module docstring).
+
+    ``channels=2`` adds a static structural channel (:mod:`~somascope.simulate.structural`,
+    constants ``structural``) moved by the same motion: ``Simulation.extra`` then holds
+    ``structural`` (its movie ``T×H×W``), ``labelled`` (K,) bool and the marker's ground truth;
+    the functional channel (``movie``) is the same as with ``channels=1``.
 
     The truth follows :class:`Simulation` in the camera frame (``A`` vignetted, unit-max;
     ``C`` in photons, bleached), and ``Simulation.extra`` adds ``radius`` (K,) px, ``tau``
@@ -234,6 +242,7 @@ def simulate_hard(
     baseline background photons (camera frame, unbleached), ``adu_gain`` and ``adu_offset``.
     """
     s = settings
+    channels = check_channels(channels)
     dims = (int(dims[0]), int(dims[1]))
     radius = float(np.mean(neuron_radius))
     if motion not in (None, "none", "rigid", "nonrigid"):
@@ -259,13 +268,18 @@ def simulate_hard(
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "nonrigid_amplitude": nonrigid_amplitude,
               "settings": json.loads(json.dumps(asdict(s)))}
-    return assemble_hard(
+    render = dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames, n_threads=n_threads,
+                  progress=progress)
+    sim = assemble_hard(
         fp=fp, radii=radii, cells=cells, C_t=C_t, b_t=b_t, f_t=f_t, kinds=kinds, counts=counts, peaks=peaks, g=g,
         bleach=bleach, mot=mot, dims=dims, frame_rate=frame_rate, decay_time=decay_time, params=params,
         vignette_strength=s.vignette, read_noise=s.read_noise, adu_gain=s.adu_gain, adu_offset=s.adu_offset,
-        seed=seed, render=dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames,
-                               n_threads=n_threads, progress=progress),
+        seed=seed, render=render,
     )
+    if channels == 2:
+        add_structural(sim, seed=seed, A_tissue=fp.A, semi_axes=np.column_stack([radii, radii]),
+                       psf_sigma=np.full(2, s.psf_sigma), motion=mot, render=render, settings=structural)
+    return sim
 
 
 def hard_traces(seed: int, cells: Any, n_frames: int, frame_rate: float, bleach_fraction: float,

@@ -138,7 +138,8 @@ def render_movie(
     ``A`` (``pixels × K``), ``b`` (``pixels × nb``) are in the motion-free tissue frame and
     ``C`` (``K × T``), ``f`` (``nb × T``) in movie units. Frame ``t``'s noise comes from the
     random stream ``(*noise_key, t)`` (see :func:`~._fields.rng_for`), so the frames are the same
-    whatever the chunking or the number of threads. Returns a ``T × *dims`` float32 array, or
+    whatever the chunking or the number of threads. A ``motion`` model of the last two axes only
+    (``motion.dims == dims[-2:]``) moves every plane of a volume by the same in-plane displacement. Returns a ``T × *dims`` float32 array, or
     with ``out`` a finalised :class:`somascope.store.Store` at that path.
     """
     dims = tuple(int(d) for d in dims)
@@ -155,7 +156,7 @@ def render_movie(
         store = Store.create(Path(out), (n_frames, *dims), frame_rate=frame_rate, metadata=metadata, overwrite=overwrite)
         chunk = max(1, round(chunk / store.time_chunk)) * store.time_chunk
     bT = np.ascontiguousarray(b.T, dtype=np.float32)
-    grid = np.indices(dims, dtype=np.float32) if motion is not None and not motion.is_rigid else None
+    grid = np.indices(motion.dims, dtype=np.float32) if motion is not None and not motion.is_rigid else None
     threads = int(n_threads) if n_threads else min(4, os.cpu_count() or 1)
     bar = None
     if progress:
@@ -207,7 +208,11 @@ def _frame_job(
     def job(i: int) -> None:
         t = t0 + i
         frame = clean_frame(A, C_chunk[i], bT, f_chunk[:, i]).reshape(dest.shape[1:])
-        if motion is not None:
+        if motion is not None and len(motion.dims) < frame.ndim:  # a volume moved in-plane: each plane alike
+            planes = frame.reshape(-1, *motion.dims)
+            frame = np.stack([warp_frame(p, motion, t, order, grid) for p in planes]).reshape(frame.shape)
+            np.maximum(frame, 0.0, out=frame)
+        elif motion is not None:
             frame = warp_frame(frame, motion, t, order, grid)
             np.maximum(frame, 0.0, out=frame)  # cubic splines overshoot a little at sharp edges
         if vignette is not None:

@@ -52,7 +52,13 @@ class Simulation:
     seed, params : what made it (``params`` holds the arguments).
     extra : further ground truth of a preset (``preset="hard"``: ``radius``, ``tau``, ``F0``,
         ``snr``, ``snr_spike``, ``b0``, ``adu_gain``, ``adu_offset``; see
-        :func:`~somascope.simulate.hard.simulate_hard`); empty otherwise.
+        :func:`~somascope.simulate.hard.simulate_hard`; the hard volume adds ``semi_axes``,
+        ``plane_gain``, ``plane_spacing``, ``axial_radius``, see
+        :func:`~somascope.simulate.hard_volume.simulate_hard_volume`; ``channels=2`` adds the
+        structural channel: ``structural`` (its movie, shaped like ``movie``), ``labelled`` (K,)
+        bool, ``structural_A``, ``structural_brightness``, ``structural_mean``,
+        ``structural_noise_std``, ``marker``, see
+        :func:`~somascope.simulate.structural.structural_channel`); empty otherwise.
     """
 
     movie: Any
