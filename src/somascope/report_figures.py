@@ -173,6 +173,14 @@ def _centres(A: Any, dims: Sequence[int]) -> np.ndarray:
         return np.stack([np.asarray(A.T @ x).ravel() / total, np.asarray(A.T @ y).ravel() / total], axis=1)
 
 
+def _draw_outlines(ax: Any, s: OutlineSet, outlines: list[list[np.ndarray]]) -> None:
+    """Add one set's outlines (:func:`footprint_outlines`) to ``ax`` in its colour and style."""
+    from matplotlib.collections import LineCollection
+
+    segments = [seg for comp in outlines for seg in comp]
+    ax.add_collection(LineCollection(segments, colors=s.colour, linewidths=s.linewidth, linestyles=s.linestyle))
+
+
 def contour_figure(
     background: np.ndarray | None,
     sets: Sequence[OutlineSet],
@@ -186,7 +194,6 @@ def contour_figure(
     """Outlines of footprint sets over an image, on a figure sized to the field of view
     (about 8 px of figure per 7 px of a 512-wide frame at 110 dpi), so that large fields of
     view stay readable."""
-    from matplotlib.collections import LineCollection
 
     plt = _pyplot()
     h, w = (int(dims[-2]), int(dims[-1]))
@@ -201,8 +208,7 @@ def contour_figure(
     handles = []
     for s in sets:
         outlines = footprint_outlines(s.A, dims, level)
-        segments = [seg for comp in outlines for seg in comp]
-        ax.add_collection(LineCollection(segments, colors=s.colour, linewidths=s.linewidth, linestyles=s.linestyle))
+        _draw_outlines(ax, s, outlines)
         (handle,) = ax.plot([], [], color=s.colour, ls=s.linestyle, lw=1.5, label=f"{s.label} ({len(outlines)})")
         handles.append(handle)
         if s.labels is not None and len(outlines):
@@ -235,7 +241,6 @@ def plane_contours_figure(
     outlines, in that plane, of the footprints that reach it at ``level`` × their peak over
     the whole volume (so a cell is outlined in the planes it occupies, not its faint edges).
     At most ``max_planes`` planes (evenly spaced) are drawn."""
-    from matplotlib.collections import LineCollection
     from scipy import sparse
 
     plt = _pyplot()
@@ -261,9 +266,7 @@ def plane_contours_figure(
             ax.imshow(np.zeros((h, w)), cmap="gray", vmin=0, vmax=1)
         for s, A, peaks in prepared:
             part = sparse.csc_matrix(A[z * plane_px:(z + 1) * plane_px])
-            outlines = footprint_outlines(part, (h, w), level, peaks=peaks)
-            segments = [seg for comp in outlines for seg in comp]
-            ax.add_collection(LineCollection(segments, colors=s.colour, linewidths=s.linewidth, linestyles=s.linestyle))
+            _draw_outlines(ax, s, footprint_outlines(part, (h, w), level, peaks=peaks))
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)
         ax.set_title(f"plane {z}", fontsize=10)

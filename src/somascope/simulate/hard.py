@@ -258,12 +258,7 @@ def simulate_hard(
     cells = hard_cells(streams.rng_for(seed, streams.PROPERTIES), fp.kind, b_t[center_px, 0], decay_time, s)
 
     bleach, g, counts, peaks, C_t = hard_traces(seed, cells, n_frames, frame_rate, s.bleach, s.burst_size)
-    mot = None
-    if motion in ("rigid", "nonrigid"):
-        rng = streams.rng_for(seed, streams.MOTION, 0)
-        rigid = jumpy_path(rng, n_frames, frame_rate, s.motion_std, s.jump_rate, s.jump_amplitude)
-        amp = s.nonrigid_amplitude if nonrigid_amplitude is None else float(np.max(nonrigid_amplitude))
-        mot = make_motion(rng, dims, n_frames, frame_rate, motion, np.zeros(2), np.full(2, amp), rigid=rigid)
+    mot = hard_motion(seed, dims, n_frames, frame_rate, motion, nonrigid_amplitude, s)
     params = {"modality": "two_photon", "preset": "hard", "dims": list(dims), "n_frames": n_frames,
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "nonrigid_amplitude": nonrigid_amplitude,
@@ -280,6 +275,18 @@ def simulate_hard(
         add_structural(sim, seed=seed, A_tissue=fp.A, semi_axes=np.column_stack([radii, radii]),
                        psf_sigma=np.full(2, s.psf_sigma), motion=mot, render=render, settings=structural)
     return sim
+
+
+def hard_motion(seed: int, plane: tuple[int, int], n_frames: int, frame_rate: float, motion: str | None,
+                nonrigid_amplitude: Any, s: HardSettings) -> Any:
+    """The hard preset's in-plane motion of frames ``plane`` = (H, W): rigid drift with jumps,
+    and with ``motion="nonrigid"`` a smooth warp; None for ``motion`` None/"none"."""
+    if motion not in ("rigid", "nonrigid"):
+        return None
+    rng = streams.rng_for(seed, streams.MOTION, 0)
+    rigid = jumpy_path(rng, n_frames, frame_rate, s.motion_std, s.jump_rate, s.jump_amplitude)
+    amp = s.nonrigid_amplitude if nonrigid_amplitude is None else float(np.max(nonrigid_amplitude))
+    return make_motion(rng, plane, n_frames, frame_rate, motion, np.zeros(2), np.full(2, amp), rigid=rigid)
 
 
 def hard_traces(seed: int, cells: Any, n_frames: int, frame_rate: float, bleach_fraction: float,

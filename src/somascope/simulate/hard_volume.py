@@ -41,8 +41,8 @@ import numpy as np
 from . import _fields as streams
 from ._fields import smooth_field, unit_max
 from .footprints import Footprints, columns_to_csc, crop_to_fov, place_centers, process_patch, soma_patch
-from .hard import HardSettings, _textured, assemble_hard, hard_cells, hard_traces
-from .motion import MotionModel, jumpy_path, make_motion
+from .hard import HardSettings, _textured, assemble_hard, hard_cells, hard_motion, hard_traces
+from .motion import MotionModel
 from .neuropil import blob_activity, field_activity, neuropil_fields, vessel_mask
 from .result import Simulation
 from .structural import STRUCTURAL, StructuralSettings, add_structural, check_channels
@@ -280,12 +280,7 @@ def simulate_hard_volume(
         tuple(np.clip(np.rint(fp.centers).astype(int), 0, np.asarray(dims) - 1).T), dims)
     cells = hard_cells(streams.rng_for(seed, streams.PROPERTIES), fp.kind, b_t[center_vox, 0], decay_time, s)
     bleach, g, counts, peaks, C_t = hard_traces(seed, cells, n_frames, frame_rate, s.bleach, s.burst_size)
-    mot = None
-    if motion in ("rigid", "nonrigid"):
-        rng = streams.rng_for(seed, streams.MOTION, 0)
-        rigid = jumpy_path(rng, n_frames, frame_rate, s.motion_std, s.jump_rate, s.jump_amplitude)
-        amp = s.nonrigid_amplitude if nonrigid_amplitude is None else float(np.max(nonrigid_amplitude))
-        mot = make_motion(rng, dims[1:], n_frames, frame_rate, motion, np.zeros(2), np.full(2, amp), rigid=rigid)
+    mot = hard_motion(seed, dims[1:], n_frames, frame_rate, motion, nonrigid_amplitude, s)  # every plane alike
     params = {"modality": "volumetric", "preset": "hard", "dims": list(dims), "n_frames": n_frames,
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "nonrigid_amplitude": nonrigid_amplitude, "plane_spacing": spacing,
