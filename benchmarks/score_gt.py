@@ -83,6 +83,49 @@ def score_footprints(A: Any, accepted: np.ndarray, mean_image: np.ndarray, gt: A
     return out
 
 
+def score_structural(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any]:
+    """Figures of a run seeded from a structural channel (``est.silent`` set; or an unseeded
+    run, whose accepted components all count as active) against a two-channel ground truth
+    (``labelled``): ``active`` (:func:`score_footprints` of the accepted, not silent, components
+    against the active somata), ``recall_labelled`` (of the labelled active somata, by those
+    components), and the silent flags: ``silent_precision`` (flagged silent components matching a
+    labelled silent soma, over all flagged) and ``silent_recall`` (labelled silent somata matched
+    by a flagged component), ``n_silent_true``, ``n_silent_flagged``."""
+    from somascope.evaluation.classifier import frame_offset
+    from somascope.metrics import match_footprints
+
+    acc = est.accepted_indices
+    silent = np.zeros(est.K, bool) if est.silent is None else np.asarray(est.silent, bool)
+    active = acc[~silent[acc]]
+    flagged = acc[silent[acc]]
+    out = {"active": score_footprints(est.A, active, mean_image, gt, C=est.C)}
+    A_gt = np.asarray(gt["A"], np.float32)
+    dims = tuple(int(d) for d in A_gt.shape[1:])
+    soma, on, lab = (np.asarray(gt[k], bool) for k in ("is_soma", "is_active", "labelled"))
+    truth_mean, image = np.asarray(gt["mean_clean"], np.float32), np.asarray(mean_image, np.float32)
+    if len(dims) == 3:
+        truth_mean, image = truth_mean.mean(axis=0), image.reshape(-1, *image.shape[-2:]).mean(axis=0)
+    offset = frame_offset(image, truth_mean)
+    rule = dict(binarise_frac=0.2, largest_piece=True)
+    from somascope.metrics import shift_footprints
+
+    def truth(sel: np.ndarray) -> Any:
+        idx = np.flatnonzero(sel)
+        return _shift_in_plane(A_gt[idx].reshape(idx.size, -1).T, dims, offset, shift_footprints)
+
+    m = match_footprints(truth(soma & on & lab), est.A[:, active], dims, **rule)
+    out["recall_labelled"] = m.recall
+    n_true = int((soma & ~on & lab).sum())
+    out.update(n_silent_true=n_true, n_silent_flagged=int(flagged.size))
+    if n_true and flagged.size:
+        ms = match_footprints(truth(soma & ~on & lab), est.A[:, flagged], dims, **rule)
+        out.update(silent_precision=ms.precision, silent_recall=ms.recall)
+    else:
+        out.update(silent_precision=float("nan") if not flagged.size else 0.0,
+                   silent_recall=float("nan") if not n_true else 0.0)
+    return out
+
+
 def _shift_in_plane(A: Any, dims: tuple[int, ...], offset: np.ndarray, shift_footprints: Any) -> Any:
     """Footprints ``A`` (``pixels × K``, C order of ``dims`` (H, W) or (Z, H, W)) moved by the
     in-plane ``offset`` (dy, dx) px, every plane of a volume alike."""

@@ -302,7 +302,7 @@ def test_a_killed_driver_leaves_an_interrupted_item_that_resumes_and_a_live_leas
     motion_manifest = next((path / "stages" / "motion").glob("*/manifest.json"))
     stamp = motion_manifest.stat().st_mtime_ns
     log_before = (out / "run.log").read_text()
-    assert "[1/8] motion …" in log_before  # the killed run computed the motion correction itself
+    assert "[1/9] motion …" in log_before  # the killed run computed the motion correction itself
 
     with Batch.open(path) as b:
         ran = b.run(engine="serial", progress=False)

@@ -65,6 +65,8 @@ def _full_estimates(seed: int = 0) -> Estimates:
         SNR_comp=comp * 3.0,
         r_values=comp / K,
         cnn_preds=np.linspace(0, 1, K),
+        seeded=comp % 2 == 0,
+        silent=comp == 2,
         idx_components=np.array([0, 2, 3]),
         idx_components_bad=np.array([1, 4]),
         frame_rate=30.5,

@@ -151,7 +151,7 @@ def test_rerun_reuses_every_stage_and_from_reruns_the_rest(movie: tuple[Path, An
 
     later = run(path, out, radius=RADIUS, engine="serial", progress=False, from_stage="traces")
     assert later.computed == ["traces", "results"]
-    assert later.reused == ["motion", "summary", "background", "cnmf", "quality", "refit"]
+    assert later.reused == ["motion", "summary", "seeds", "background", "cnmf", "quality", "refit"]
     _assert_same_results(out / "results.h5", clean_run.results_path)
 
 
@@ -162,7 +162,7 @@ def test_changed_parameters_rerun_exactly_the_stages_that_depend_on_them(movie: 
     strict = run(path, out, radius=RADIUS, engine="serial", progress=False, overrides={"min_SNR": 50.0,
                                                                                        "rval_thr": 0.99},
                  nwb=True)
-    assert strict.reused == ["motion", "summary", "background", "cnmf"]
+    assert strict.reused == ["motion", "summary", "seeds", "background", "cnmf"]
     assert strict.computed == ["quality", "refit", "traces", "results"]
     assert strict.estimates.accepted_indices.size < clean_run.estimates.accepted_indices.size
     assert strict.nwb_path is not None and strict.nwb_path.is_file()
@@ -171,7 +171,7 @@ def test_changed_parameters_rerun_exactly_the_stages_that_depend_on_them(movie: 
 
     merged = run(path, out, radius=RADIUS, engine="serial", progress=False,
                  overrides={"merge_thr": 0.6, "refit": True})
-    assert merged.reused == ["motion", "summary", "background"]
+    assert merged.reused == ["motion", "summary", "seeds", "background"]
     assert merged.computed == ["cnmf", "quality", "refit", "traces", "results"]
     assert merged.stage("refit").detail.startswith("refit ")  # quality.refit: CNMF seeded with the accepted
     assert (out / "stages" / "refit" / "estimates.h5").is_file()
@@ -236,9 +236,9 @@ def test_killed_or_failed_runs_resume_and_give_the_clean_result(movie: tuple[Pat
 
     # 3. run again: the finished stages are reused and the result is that of the clean run
     final = run(path, out, radius=RADIUS, engine="serial", progress=False)
-    assert final.reused == ["motion", "summary", "background", "cnmf"]
+    assert final.reused == ["motion", "summary", "seeds", "background", "cnmf"]
     assert (out / "stages" / "motion" / "manifest.json").stat().st_mtime_ns == stamp
-    assert "[1/8] motion: reused" in (out / "run.log").read_text()
+    assert "[1/9] motion: reused" in (out / "run.log").read_text()
     assert not list((out / "stages").glob("*.partial"))  # the killed run's cnmf.partial is gone
     _assert_same_results(out / "results.h5", clean_run.results_path)
 

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 RUN_ARGS = ["--radius", "4", "--scheduler", "serial", "-q", "--no-motion", "--set", "patch.rf=14",
             "--set", "patch.stride=6", "--set", "quality.refit=true"]
 #: Every stage, in order.
-STAGES = ("motion", "summary", "background", "cnmf", "quality", "refit", "traces", "results")
+STAGES = ("motion", "summary", "seeds", "background", "cnmf", "quality", "refit", "traces", "results")
 
 
 def _write_movie(path: Path, dims: tuple[int, int], n_frames: int, seed: int) -> Path:
@@ -207,7 +207,7 @@ def test_disk_full_in_a_stage_keeps_the_finished_stages_and_the_rerun_completes(
     assert code == 1 and len(err) == 1, err
     line = err[0]
     assert "disk is full" in line and "stage quality" in line and "mounted at" in line
-    assert "motion, summary, background, cnmf are kept" in line and "rerun the same command" in line
+    assert "motion, summary, seeds, background, cnmf are kept" in line and "rerun the same command" in line
     assert not (out / "results.h5").exists()
     assert _looks_finished(out) == ["background", "cnmf", "motion", "summary"]
     assert not (out / "stages" / "quality.partial").exists()
@@ -216,7 +216,7 @@ def test_disk_full_in_a_stage_keeps_the_finished_stages_and_the_rerun_completes(
     code, err = _cli(["run", str(movie), "--out", str(out), *RUN_ARGS], capsys)
     assert code == 0 and err == []
     assert all(_tree(out / "stages").get(k) == v for k, v in kept.items())  # reused, not rewritten
-    assert "[4/8] cnmf: reused" in (out / "run.log").read_text()
+    assert "[5/9] cnmf: reused" in (out / "run.log").read_text()
     _assert_same_results(out / "results.h5", clean / "results.h5")
 
 
@@ -326,7 +326,7 @@ def test_sigkill_in_every_stage_then_the_rerun_resumes_and_equals_a_clean_run(
     code, err = _cli(["run", str(movie), "--out", str(out), *RUN_ARGS], capsys)
     assert code == 0 and err == []
     assert not (out / ".lock").exists() and not list((out / "stages").glob("*.partial"))
-    assert "[7/8] traces: reused" in (out / "run.log").read_text()
+    assert "[8/9] traces: reused" in (out / "run.log").read_text()
     _assert_same_results(out / "results.h5", clean / "results.h5")
 
 
@@ -356,14 +356,14 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_the_rerun_resumes(movie: Path, 
     assert proc.returncode == 130
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("somascope: interrupted") and "in stage quality" in lines[0], stderr
-    assert "motion, summary, background, cnmf are kept" in lines[0] and "rerun the same command" in lines[0]
+    assert "motion, summary, seeds, background, cnmf are kept" in lines[0] and "rerun the same command" in lines[0]
     assert _looks_finished(out) == ["background", "cnmf", "motion", "summary"]
     assert not (out / "stages" / "quality.partial").exists() and not (out / ".lock").exists()
     assert "run interrupted: RunInterrupted" not in (out / "run.log").read_text()
     assert "run interrupted: KeyboardInterrupt" in (out / "run.log").read_text()
     code, err = _cli(["run", str(movie), "--out", str(out), *RUN_ARGS], capsys)
     assert code == 0 and err == []
-    assert "[4/8] cnmf: reused" in (out / "run.log").read_text()
+    assert "[5/9] cnmf: reused" in (out / "run.log").read_text()
     _assert_same_results(out / "results.h5", clean / "results.h5")
 
 

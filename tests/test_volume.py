@@ -105,3 +105,28 @@ def test_a_volume_component_is_outlined_only_in_the_planes_it_occupies() -> None
     per_plane = [footprint_outlines(sparse.csc_matrix(A[k * 400:(k + 1) * 400]), (20, 20), 0.3, peaks=peak)[0]
                  for k in range(3)]
     assert per_plane[1] and not per_plane[0] and not per_plane[2]  # edge planes peak at 4 % of the cell's
+
+
+SIMA_VOLUME = Path(__file__).resolve().parents[2] / "shared" / "data" / "sima_example" / "example-volume.h5"
+
+
+@pytest.mark.skipif(not SIMA_VOLUME.is_file(), reason="the shared sima example is not here")
+def test_the_sima_example_volume_opens_motion_corrects_and_cnmf_names_the_minimum_frames(tmp_path: Path,
+                                                                                          capsys) -> None:
+    # t, z, y, x, channel; 10 frames of 3 planes
+    assert main(["motion-correct", str(SIMA_VOLUME), "--axes", "tzyxc", "--channel", "1", "--out",
+                 str(tmp_path / "mc"), "--scheduler", "serial", "-q"]) == 0
+    from somascope.cnmf import fit
+    from somascope.cnmf.fit import MIN_FRAMES
+    from somascope.store import Store
+
+    store = Store.open(tmp_path / "mc" / "corrected.zarr")
+    assert store.shape == (10, 3, 64, 64) and np.isfinite(np.asarray(store[:])).all()
+    p, *_ = preflight.build_params(None, store, fr=10.0, radius=4.0)
+    rule = f"has 10 frames; the pipeline needs at least {MIN_FRAMES} frames to estimate noise levels"
+    with pytest.raises(ValueError, match=rule):
+        fit(store, p)
+    # the pipeline's run says the same, before anything is written
+    assert main(["run", str(SIMA_VOLUME), "--axes", "tzyxc", "--channel", "0", "--fr", "10",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert rule in capsys.readouterr().err and not (tmp_path / "run").exists()

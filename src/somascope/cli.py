@@ -306,7 +306,12 @@ def cmd_motion_correct(args: argparse.Namespace) -> int:
     from .report import save_figure
 
     movie = _open(args)
-    params = Params.load(args.params) if args.params else Params()
+    if args.params:
+        params = Params.load(args.params)
+    else:  # the run's defaults for this movie (a volume's axes, a thin stack's in-plane motion)
+        from .pipeline.preflight import build_params
+
+        params = build_params(None, movie, fr=movie.frame_rate or 30.0)[0]
     overrides: dict[str, Any] = {}
     if args.pw_rigid is not None:
         overrides["pw_rigid"] = args.pw_rigid
@@ -486,6 +491,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _console_warnings_only()
     check_not_into_input(Path(args.out).expanduser().absolute(), args.movie)  # the folder given, not its files
     movie = _open(args)
+    structural = _structural(args, movie)
     radius: Any = None
     if args.radius:
         radius = args.radius[0] if len(args.radius) == 1 else tuple(args.radius)
@@ -494,12 +500,37 @@ def cmd_run(args: argparse.Namespace) -> int:
             movie, args.out, args.params, engine=args.scheduler, workers=args.workers, fr=args.frame_rate,
             radius=radius, decay_time=args.decay_time, overrides=_run_overrides(args), motion=not args.no_motion,
             force=args.force, from_stage=args.from_stage, nwb=args.nwb, nwb_metadata=_nwb_metadata(args),
-            dandi=args.dandi, progress=not args.quiet, debug=args.debug,
+            dandi=args.dandi, progress=not args.quiet, debug=args.debug, structural=structural,
         )
     est = result.estimates
     written = [p for p in (result.results_path, result.report_path, result.nwb_path) if p is not None]
-    print(f"{est.K} components, {est.accepted_indices.size} accepted; wrote " + ", ".join(map(str, written)))
+    silent = "" if est.silent is None else f" ({int(est.silent.sum())} silent)"
+    print(f"{est.K} components, {est.accepted_indices.size} accepted{silent}; wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def _structural(args: argparse.Namespace, movie: Any) -> Any:
+    """The structural channel the run's arguments name: the same recording opened at
+    ``--structural-channel``, the ``--structural-image`` path, or None."""
+    if args.structural_image is not None:
+        return args.structural_image
+    c = args.structural_channel
+    if c is None:
+        return None
+    from .io import MovieError
+
+    functional = args.channel if args.channel is not None else getattr(movie, "channel", None)
+    if functional == c:
+        raise MovieError(f"--structural-channel {c} is also the functional channel (--channel {functional}). "
+                         "Fix: pass --channel with the channel of the activity indicator.")
+    keep = args.channel
+    try:
+        args.channel = c
+        return _open(args)
+    except MovieError as exc:
+        raise MovieError(f"--structural-channel {c}: {exc}") from None
+    finally:
+        args.channel = keep
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -649,12 +680,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--1p", dest="one_photon", action="store_true",
                    help="one-photon data (micro-endoscope, widefield): CNMF-E ring background, GreedyCorr "
                         "seeds, high-pass motion estimation (data.is_1p)")
+    structural = p.add_mutually_exclusive_group()
+    structural.add_argument("--structural-channel", type=int, metavar="C",
+                            help="the channel with a static structural marker (e.g. nuclear or red label; with "
+                                 "--n-channels or a 'c' axis): its cells seed CNMF, silent ones kept and flagged")
+    structural.add_argument("--structural-image", type=Path, metavar="PATH",
+                            help="a structural image (.tif/.npy, the frame's shape, registered to the corrected "
+                                 "movie) whose cells seed CNMF")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction (the movie is already registered)")
     _add_pw_rigid_arg(p)
     add_engine_args(p)
     p.add_argument("--force", action="store_true", help="run every stage again")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
-                   help="run again from this stage on: motion, summary, background, cnmf, quality, refit, traces, results")
+                   help="run again from this stage on: motion, summary, seeds, background, cnmf, quality, refit, "
+                        "traces, results")
     _add_nwb_args(p)
     p.set_defaults(func=cmd_run)
 

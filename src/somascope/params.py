@@ -475,6 +475,9 @@ class InitParams(_Group):
         sigma_smooth_snmf: Gaussian smoothing of the movie before sparse NMF, standard
             deviations in (frames, px per spatial axis).
         perc_baseline_snmf: percentile removed from each pixel before sparse NMF, in [0, 100].
+        seed_adds: with a structural channel's masks as seeds, also add the components the
+            unseeded detection (``method``) finds outside every mask: the active cells the
+            structural marker does not label (``docs/structural.md``).
     """
 
     _group: ClassVar[str] = "init"
@@ -500,6 +503,7 @@ class InitParams(_Group):
     max_iter_snmf: int = 500
     sigma_smooth_snmf: tuple[float, ...] = (0.5, 0.5, 0.5)
     perc_baseline_snmf: float = 20.0
+    seed_adds: bool = True
 
     def _check(self) -> None:
         _choice(self._k("method"), self.method, INIT_METHODS,

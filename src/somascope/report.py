@@ -27,7 +27,7 @@ import numpy as np
 
 from .io.atomic import atomic_write_text
 from .report_figures import (  # noqa: F401  (re-exported: the report's figure helpers)
-    BLUE, GREEN, RED, OutlineSet, TraceExample, activity_figure, contour_figure, contour_panel,
+    AMBER, BLUE, GREEN, RED, OutlineSet, TraceExample, activity_figure, contour_figure, contour_panel,
     example_traces_figure, format_duration, image_panel, plane_contours_figure, quality_figure, save_figure,
     stages_figure,
     trace_panel,
@@ -178,12 +178,14 @@ class _Run:
     accuracy: dict[str, Any] | None = None
     examples: np.ndarray | None = None
     accuracy_error: str = ""
+    structural: dict[str, Any] | None = None
 
 
 def write_run_report(folder: str | os.PathLike[str], *, estimates: Any, params: Any, summary: Any = None,
                      motion: Any = None, stages: Sequence[Mapping[str, Any]] = (),
                      movie_info: Mapping[str, Any] | None = None, truth: Mapping[str, Any] | None = None,
-                     title: str = "somascope run", n_examples: int = 8) -> Path:
+                     title: str = "somascope run", n_examples: int = 8,
+                     structural: Mapping[str, Any] | None = None) -> Path:
     """Write the HTML report of one pipeline run into ``folder``; returns ``folder/report.html``.
 
     Parameters
@@ -201,6 +203,8 @@ def write_run_report(folder: str | os.PathLike[str], *, estimates: Any, params: 
         estimates (i.e. of the corrected movie), "somata": indices of the true cells to score
         against (default all), "C": K_true × T traces (optional)}``.
     title : page title.  n_examples : accepted components shown as example traces.
+    structural : with a structural channel, ``{"image": its image (dims), "masks": pixels × K
+        seed masks}``: shown with the masks outlined, and the seeds' fate counted.
 
     Sections: headline numbers, movie, accuracy against the ground truth, summary images,
     component contours, example traces and an activity map, motion, quality tests, run
@@ -208,6 +212,7 @@ def write_run_report(folder: str | os.PathLike[str], *, estimates: Any, params: 
     note. A section whose figure fails to draw shows the error instead (and logs it).
     """
     run = _check_inputs(Path(folder), estimates, params, summary, motion, stages, movie_info, truth, n_examples)
+    run.structural = dict(structural) if structural is not None else None
     run.folder.mkdir(parents=True, exist_ok=True)
     if run.truth is not None:
         try:
@@ -217,7 +222,8 @@ def write_run_report(folder: str | os.PathLike[str], *, estimates: Any, params: 
             run.accuracy_error = f"{type(err).__name__}: {err}"
     builders: list[tuple[str, Callable[[_Run], Section | None]]] = [
         ("At a glance", _headline), ("Movie", _movie), ("Accuracy against the ground truth", _accuracy_section),
-        ("Summary images", _summary_section), ("Components", _components_section),
+        ("Summary images", _summary_section), ("Structural channel", _structural_section),
+        ("Components", _components_section),
         ("Example traces", _traces_section), ("Motion correction", _motion_section),
         ("Quality tests", _quality_section), ("Run", _run_section), ("Parameters", _params_section),
     ]
@@ -305,6 +311,10 @@ def _headline(run: _Run) -> Section:
     T = est.T or (run.motion.n_frames if run.motion is not None else None)
     cards: list[tuple[Any, ...]] = [("components found", est.K), ("accepted", int(run.accepted.size)),
                                     ("rejected", int(run.rejected.size))]
+    if est.silent is not None:
+        n_seeded = int(np.asarray(est.seeded, bool).sum()) if est.seeded is not None else 0
+        cards.append(("silent cells", int(np.asarray(est.silent, bool).sum()),
+                      f"accepted, no activity; {n_seeded} cells seeded from the structural channel"))
     if T is not None:
         cards.append(("frames", T, f"{T / run.frame_rate:.1f} s at {run.frame_rate:g} Hz" if run.frame_rate else ""))
     if run.stages:
@@ -367,6 +377,31 @@ def _summary_section(run: _Run) -> Section | None:
                                                "(gray: intensity; colour: correlation / peak-to-noise)")])
 
 
+def _structural_section(run: _Run) -> Section | None:
+    if run.structural is None:
+        return None
+    est = run.est
+    image, masks = run.structural["image"], run.structural["masks"]
+    n = int(masks.shape[1])
+    seeded = np.zeros(est.K, bool) if est.seeded is None else np.asarray(est.seeded, bool)
+    silent = np.zeros(est.K, bool) if est.silent is None else np.asarray(est.silent, bool)
+    accepted = np.zeros(est.K, bool)
+    accepted[run.accepted] = True
+    table = [("cells segmented (seed masks)", n),
+             ("seeded cells accepted, active", int((seeded & accepted & ~silent).sum())),
+             ("seeded cells accepted, silent", int((seeded & accepted & silent).sum())),
+             ("cells added outside the masks (accepted)", int((~seeded & accepted).sum()))]
+    if n == 0:
+        return Section("Structural channel", table=table, note="No cell was found in the structural channel: CNMF "
+                       "ran unseeded. Check the channel and the neuron radius.")
+    contour_figure(image, [OutlineSet("seed masks", masks, AMBER, "-", 0.8)], est.dims,
+                   run.folder / "structural.png", title="structural channel", background_label="structural image",
+                   level=0.5)
+    return Section("Structural channel", table=table, figures=[(
+        "structural.png", "the structural channel's time average (motion-corrected), its segmented cells outlined: "
+        "the masks that seeded CNMF" + (" (maximum over planes)" if len(est.dims) == 3 else ""))])
+
+
 def _components_section(run: _Run) -> Section:
     est = run.est
     background, bg_label = None, ""
@@ -386,12 +421,17 @@ def _components_section(run: _Run) -> Section:
     if run.truth is not None:
         sets.append(OutlineSet("true cells", run.truth["A"][:, run.truth["somata"]], BLUE, "--", 0.8))
     sets.append(OutlineSet("rejected", est.A[:, run.rejected], RED, "-", 0.8))
-    labels = run.accepted if run.accepted.size <= 150 else None
-    sets.append(OutlineSet("accepted", est.A[:, run.accepted], GREEN, "-", 1.0, labels=labels))
+    silent = np.zeros(est.K, bool) if est.silent is None else np.asarray(est.silent, bool)
+    active = run.accepted[~silent[run.accepted]]
+    labels = active if active.size <= 150 else None
+    sets.append(OutlineSet("accepted", est.A[:, active], GREEN, "-", 1.0, labels=labels))
+    if silent.any():
+        sets.append(OutlineSet("silent (structural, no activity)", est.A[:, np.flatnonzero(silent)], AMBER, ":", 1.0))
     contour_figure(background, sets, est.dims, run.folder / "components.png", title="components",
                    background_label=bg_label)
     caption = ("accepted (green, numbered by component index) and rejected (red) components outlined at 30% of "
-               "their peak" + ("; true cells dashed blue" if run.truth is not None else "")
+               "their peak" + ("; silent cells of the structural channel dotted amber" if silent.any() else "")
+               + ("; true cells dashed blue" if run.truth is not None else "")
                + f", on the {bg_label or 'frame'}" + (" (maximum over planes)" if len(est.dims) == 3 else ""))
     figures = [("components.png", caption)]
     if len(est.dims) == 3:  # a volume: also each plane with the components that reach it

@@ -25,7 +25,7 @@ import numpy as np
 from .io.atomic import atomic_path
 
 #: Colours of the report: accepted, rejected, ground truth, neutral.
-GREEN, RED, BLUE, GREY = "#2fbf4a", "#f04a3e", "#4aa3ff", "#9aa3ad"
+GREEN, RED, BLUE, GREY, AMBER = "#2fbf4a", "#f04a3e", "#4aa3ff", "#9aa3ad", "#ffb000"
 
 _TITLES = {"mean": "mean", "max": "max", "std": "standard deviation", "corr": "correlation",
            "max_corr": "max-correlation", "pnr": "peak-to-noise ratio", "corr_pnr": "correlation (high-passed)"}

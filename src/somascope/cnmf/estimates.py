@@ -54,10 +54,13 @@ SCHEMA_VERSION = 1
 _TRACE_FIELDS = ("C", "S", "YrA", "F_dff")
 # Per-component scalars, shape (K,).
 _VECTOR_FIELDS = ("neurons_sn", "bl", "c1", "lam", "SNR_comp", "r_values", "cnn_preds")
+# Per-component flags, bool (K,): seeded from a structural channel's masks; silent (seeded,
+# no activity: a cell that did not fire).
+_FLAG_FIELDS = ("seeded", "silent")
 # Component index lists into 0..K-1.
 _INDEX_FIELDS = ("idx_components", "idx_components_bad")
 # Every array field stored as a plain dataset, in file order.
-_ARRAY_FIELDS = ("C", "S", "YrA", "F_dff", "b", "f", "sn", "g", *_VECTOR_FIELDS, *_INDEX_FIELDS)
+_ARRAY_FIELDS = ("C", "S", "YrA", "F_dff", "b", "f", "sn", "g", *_VECTOR_FIELDS, *_FLAG_FIELDS, *_INDEX_FIELDS)
 
 # (units, description) written as dataset attributes; the schema document repeats them.
 _FIELD_INFO: dict[str, tuple[str, str]] = {
@@ -77,6 +80,8 @@ _FIELD_INFO: dict[str, tuple[str, str]] = {
     "SNR_comp": ("1", "trace signal-to-noise ratio, K"),
     "r_values": ("1 (correlation)", "spatial consistency r-value, K"),
     "cnn_preds": ("1 (probability)", "CNN probability of being a cell, K"),
+    "seeded": ("bool", "component seeded from a structural-channel mask, K"),
+    "silent": ("bool", "seeded cell without activity (kept, flagged), K"),
     "idx_components": ("index", "indices of accepted components, into 0..K-1"),
     "idx_components_bad": ("index", "indices of rejected components, into 0..K-1"),
 }
@@ -207,6 +212,9 @@ class Estimates:
         AR coefficients of each trace (``p`` may be 0).
     SNR_comp, r_values, cnn_preds : ndarray, K
         Quality metrics: trace SNR, spatial consistency, CNN cell probability.
+    seeded, silent : ndarray of bool, K
+        Cells seeded from a structural channel's masks, and those of them that showed no
+        activity (silent cells: accepted, flagged). None without a structural channel.
     idx_components, idx_components_bad : ndarray of int64
         Indices (into ``0..K-1``) of accepted and rejected components; disjoint.
     frame_rate : float
@@ -240,6 +248,8 @@ class Estimates:
     SNR_comp: np.ndarray | None = None
     r_values: np.ndarray | None = None
     cnn_preds: np.ndarray | None = None
+    seeded: np.ndarray | None = None
+    silent: np.ndarray | None = None
     idx_components: np.ndarray | None = None
     idx_components_bad: np.ndarray | None = None
     frame_rate: float | None = None
@@ -281,6 +291,10 @@ class Estimates:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, _as_index_array(name, value))
+        for name in _FLAG_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, np.array(value, dtype=bool).ravel())
         if self.frame_rate is not None:
             self.frame_rate = float(self.frame_rate)
         if self.seed is not None:
@@ -408,7 +422,7 @@ class Estimates:
                     f"Estimates.g has shape {self.g.shape}; it must be K x p = ({K}, p) "
                     "(use g[:, None] for p=1)."
                 )
-        for name in _VECTOR_FIELDS:
+        for name in (*_VECTOR_FIELDS, *_FLAG_FIELDS):
             arr = getattr(self, name)
             if arr is None:
                 continue
@@ -567,7 +581,7 @@ class Estimates:
         new_pos = np.full(self.K, -1, dtype=np.int64)
         new_pos[sel] = np.arange(sel.size)
         kwargs: dict[str, Any] = {}
-        for name in (*_TRACE_FIELDS, *_VECTOR_FIELDS, "g"):
+        for name in (*_TRACE_FIELDS, *_VECTOR_FIELDS, *_FLAG_FIELDS, "g"):
             arr = getattr(self, name)
             kwargs[name] = None if arr is None else arr[sel]
         for name in _INDEX_FIELDS:

@@ -61,6 +61,7 @@ def fit(
     params: Any = None,
     *,
     seed_masks: Any = None,
+    seed_adds: bool = False,
     engine: Any = None,
     progress: bool = False,
     evaluate: bool = True,
@@ -81,6 +82,13 @@ def fit(
     seed_masks
         Masks of known cells (``K × *dims`` binary or real images, or ``pixels × K``): seeded
         initialisation instead of ``init.method``. ``init.method="seeded"`` requires them.
+    seed_adds
+        With ``seed_masks`` (cells of a structural channel): also run the unseeded detection
+        (``init.method``, in patches) and add the components it finds outside every mask, so
+        the cells the masks missed are kept. The result then marks each component ``seeded``
+        (most of its footprint's energy lies in one mask), and a mask that CNMF left without
+        a component (a silent cell: no activity to fit) is put back as its own component,
+        footprint = the mask, ``C = 0``, ``YrA`` left for the evaluation to compute.
     engine
         Optional :class:`somascope.parallel.Engine`: the patches, the blocked passes over a
         Store and the deconvolution of large groups of traces run on it; None runs them
@@ -110,7 +118,7 @@ def fit(
         A movie of the wrong shape, too short, or with NaN / infinite values.
     """
     params = _as_params(params)
-    return _fit(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
+    return _fit(source, params, seed_masks=seed_masks, seed_adds=seed_adds, engine=engine, progress=progress,
                 allow_refit=True, evaluate=evaluate, fov_mask=fov_mask)
 
 
@@ -198,23 +206,37 @@ def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
 
 
 def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
-         allow_refit: bool, evaluate: bool = True, patches: bool = True, fov_mask: Any = None) -> Estimates:
+         allow_refit: bool, evaluate: bool = True, patches: bool = True, fov_mask: Any = None,
+         seed_adds: bool = False) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
     if params.init.nb == 0:
         # one-photon data: the ring background is subtracted first, CNMF runs on what is left
         return _fit_ring(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
-                         allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask)
+                         allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask,
+                         seed_adds=seed_adds)
     shape = _check_shape(source, params)
-    if fov_mask is None and seed_masks is None:
+    seed_adds = bool(seed_adds and seed_masks is not None)
+    masks = None
+    if seed_masks is not None:
+        from .seeded import as_masks
+
+        masks = as_masks(seed_masks, shape[1:])
+    if fov_mask is None and (seed_masks is None or seed_adds):
         fov_mask = fov_mask_from_params(params, shape[1:])
-    in_patches = patches and seed_masks is None and _uses_patches(params, shape)
+    in_patches = patches and (seed_masks is None or seed_adds) and _uses_patches(params, shape)
     steps = _Steps(progress, total=5 + int(evaluate) + int(evaluate and allow_refit and params.quality.refit))
     t_start = time.perf_counter()
-    if in_patches:
+    if in_patches and seed_adds:  # the patches' components outside the masks join the seeds
+        with steps.step("patches: noise + initialisation"):
+            Y, movie, input_path, sn, found = _initialise_in_patches(source, params, engine, progress, fov_mask)
+        with steps.step("seeded initialisation"):
+            start = _initialise(Y, params, masks)
+            init = _seeds_and_adds(start, found, masks)
+    elif in_patches:
         with steps.step("patches: noise + initialisation"):
             Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress, fov_mask)
         steps.advance(1)  # the noise and initialisation steps happened in the patches
-    elif seed_masks is not None and _is_store(source):
+    elif seed_masks is not None and _is_store(source) and not seed_adds:
         # seeded (refit) on a Store: out of core, every pass over the movie by blocks
         from .blocked import BlockedMovie
 
@@ -224,15 +246,18 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         with steps.step("noise"):
             sn = Y.noise(dec.noise_range, dec.noise_method)
         with steps.step("initialisation"):
-            init = _initialise(Y, params, seed_masks)
+            init = _initialise(Y, params, masks)
     else:
         Y, input_path = _read_movie(source, params)
         movie = Y
         with steps.step("noise"):
             sn = pixel_noise(Y, params)
         with steps.step("initialisation"):
-            init = _initialise(Y, params, seed_masks)
-            if fov_mask is not None:
+            init = start = _initialise(Y, params, masks)
+            if seed_adds:
+                found = _initialise(Y, params, None)
+                init = _seeds_and_adds(start, found if fov_mask is None else _keep_inside(found, fov_mask), masks)
+            elif fov_mask is not None:
                 init = _keep_inside(init, fov_mask)
     dims = tuple(int(d) for d in movie.shape[1:])
     log.info("initialised %d components (%s)", init.K, init.method)
@@ -245,7 +270,12 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         from .merging import merge_components
 
         for round_ in range(MERGE_ROUNDS):
-            merged = merge_components(est, params)
+            apart = None
+            if seed_adds:  # the cells of two structural masks stay two cells
+                from .seeded import seed_labels
+
+                apart = seed_labels(est.A, masks)
+            merged = merge_components(est, params, keep_apart=apart)
             if merged.n_merged == 0 and round_ > 0:
                 break
             if merged.n_merged:
@@ -254,6 +284,10 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             m = merged.estimates
             state = _update(Y, _State(A=m.A, C=m.C, b=m.b, f=m.f), sn, params, engine)
             est = _to_estimates(state, dims, sn, params, input_path)
+    if seed_adds:
+        from .seeded import mark_seeds
+
+        est = mark_seeds(est, masks, start)
     with steps.step("normalise"):
         est = _normalised(est)
     if evaluate:
@@ -334,6 +368,23 @@ def load_fov_mask(path: Any, dims: tuple[int, ...]) -> np.ndarray:
         raise ParameterError(f"init.fov_mask={str(path)!r} has shape {mask.shape}, the frames {tuple(dims)}. "
                              "Fix: give a mask of the frame's shape.")
     return mask
+
+
+def _seeds_and_adds(seeded: Any, found: Any, masks: sp.csc_matrix) -> Any:
+    """The seeded start plus the components of ``found`` (an unseeded initialisation of the
+    same movie) that lie outside the masks (:func:`~somascope.cnmf.seeded.outside_masks`);
+    the background of ``found`` (the patches' local one, when it comes from patches)."""
+    from .initialization import Initialization
+    from .seeded import outside_masks
+
+    keep = np.flatnonzero(outside_masks(found.A, masks))
+    log.info("seeded initialisation: %d masks + %d of %d unseeded components outside them",
+             seeded.K, keep.size, found.K)
+    b, f = (found.b, found.f) if found.nb else (seeded.b, seeded.f)
+    return Initialization(A=sp.hstack([seeded.A, found.A[:, keep]], format="csc"),
+                          C=np.concatenate([seeded.C, found.C[keep]]), b=b, f=f,
+                          center=np.concatenate([seeded.center, found.center[keep]]),
+                          method=f"seeded + {found.method}", dims=seeded.dims)
 
 
 def _keep_inside(init: Any, mask: np.ndarray) -> Any:
@@ -546,8 +597,9 @@ def _check_shape(source: Any, params: Any) -> tuple[int, ...]:
                          f"with one neuron radius per spatial axis of the frames.")
     T = shape[0]
     if T < MIN_FRAMES:
-        raise ValueError(f"the movie has {T} frames; CNMF needs at least {MIN_FRAMES} to estimate "
-                         "noise levels and time constants. Fix: pass a longer recording.")
+        from somascope.deconvolution._checks import too_few_frames
+
+        raise ValueError(too_few_frames(T))
     if min(shape[1:]) < 1:
         raise ValueError(f"the movie's frames {shape[1:]} are empty.")
     return shape

@@ -54,7 +54,8 @@ class MergeResult:
 
 
 def find_merge_groups(
-    A: Any, C: np.ndarray, thr: float, *, max_merge_area: int | None = None
+    A: Any, C: np.ndarray, thr: float, *, max_merge_area: int | None = None,
+    keep_apart: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Groups of components to merge: connected sets of overlapping, correlated components.
 
@@ -68,6 +69,10 @@ def find_merge_groups(
         Correlation above which two overlapping components are linked, in (0, 1].
     max_merge_area
         Groups whose footprints together cover more pixels are dropped; None: no limit.
+    keep_apart
+        ``(K,)`` int labels, -1 for none: components with different labels ≥ 0 (cells of
+        different structural-channel masks) are never linked, and a group that would join
+        two of them is dropped.
 
     Returns
     -------
@@ -100,6 +105,9 @@ def find_merge_groups(
         e = min(i.size, s + _PAIR_CHUNK)
         corr[s:e] = np.einsum("pt,pt->p", unit[i[s:e]], unit[j[s:e]])
     linked = corr > thr
+    if keep_apart is not None:
+        lab = np.asarray(keep_apart, np.int64)
+        linked &= ~((lab[i] >= 0) & (lab[j] >= 0) & (lab[i] != lab[j]))
     if not linked.any():
         return []
     graph = sp.coo_matrix((np.ones(int(linked.sum())), (i[linked], j[linked])), shape=(K, K))
@@ -109,6 +117,8 @@ def find_merge_groups(
         members = np.flatnonzero(label == lab)
         if members.size < 2:
             continue
+        if keep_apart is not None and np.unique(keep_apart[members][keep_apart[members] >= 0]).size > 1:
+            continue  # two masks' cells chained through a third component
         if max_merge_area is not None:
             area = np.unique(A[:, members].indices).size
             if area > max_merge_area:
@@ -118,7 +128,8 @@ def find_merge_groups(
     return groups
 
 
-def merge_components(est: Estimates, params: Any = None, *, engine: Any = None) -> MergeResult:
+def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
+                     keep_apart: np.ndarray | None = None) -> MergeResult:
     """Merge overlapping, correlated components of ``est`` (see the module docstring).
 
     ``est`` needs ``A`` and ``C``; ``YrA`` (residual traces) is used when present. The
@@ -135,6 +146,8 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None) 
         ``merge.do_merge`` (False: nothing is merged) and the ``deconvolution`` group.
     engine
         Unused for now (merging is cheap); accepted for symmetry with the other steps.
+    keep_apart
+        ``(K,)`` labels of components that must stay apart (:func:`find_merge_groups`).
     """
     from somascope.deconvolution import deconvolve_traces
     from somascope.params import Params
@@ -145,7 +158,7 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None) 
     groups = []
     if params.merge.do_merge:
         groups = find_merge_groups(est.A, est.C, params.merge.merge_thr,
-                                   max_merge_area=params.merge.max_merge_area)
+                                   max_merge_area=params.merge.max_merge_area, keep_apart=keep_apart)
     if not groups:
         return MergeResult(estimates=_clear_quality(est.select(np.arange(est.K))), groups=[])
 

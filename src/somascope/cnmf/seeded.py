@@ -265,3 +265,94 @@ def _centers(A: sp.csc_matrix, dims: tuple[int, ...]) -> np.ndarray:
     w = np.asarray(A.sum(axis=0)).ravel()
     w[w == 0] = 1.0
     return np.asarray(A.T @ coords) / w[:, None]
+
+
+#: Share of a footprint's energy (sum of squares) inside one mask above which the component is
+#: that mask's cell: an unseeded component is not added (:func:`outside_masks`) and a fitted
+#: component counts as seeded (:func:`mark_seeds`).
+MASK_SHARE = 0.5
+
+
+def _energy_in_masks(A: Any, masks: sp.csc_matrix) -> np.ndarray:
+    """``(n_masks, K)``: the share of each footprint's energy that lies in each mask's support."""
+    A = sp.csc_matrix(A, dtype=np.float64)
+    support = sp.csc_matrix((np.ones(masks.nnz), masks.indices, masks.indptr), shape=masks.shape)
+    energy = A.multiply(A)
+    total = np.asarray(energy.sum(axis=0)).ravel()
+    total[total == 0] = np.inf
+    return np.asarray((support.T @ energy).todense()) / total[None, :]
+
+
+def seed_labels(A: Any, masks: sp.csc_matrix) -> np.ndarray:
+    """``(K,)`` int: the mask that holds each footprint of ``A`` (at least :data:`MASK_SHARE`
+    of its energy), -1 for none."""
+    if A.shape[1] == 0:
+        return np.zeros(0, np.int64)
+    share = _energy_in_masks(A, masks)
+    return np.where(share.max(axis=0) >= MASK_SHARE, share.argmax(axis=0), -1).astype(np.int64)
+
+
+def outside_masks(A: Any, masks: Any) -> np.ndarray:
+    """``(K,)`` bool: the footprints of ``A`` (``pixels × K``) that no mask holds — less than
+    :data:`MASK_SHARE` of their energy in any one mask and in all of them together."""
+    M = as_masks(masks, (A.shape[0],)) if not sp.issparse(masks) else sp.csc_matrix(masks)
+    if A.shape[1] == 0:
+        return np.zeros(0, bool)
+    share = _energy_in_masks(A, M)
+    covered = sp.csc_matrix((np.ones(M.nnz), M.indices, M.indptr), shape=M.shape).max(axis=1)
+    union = _energy_in_masks(A, sp.csc_matrix(covered))[0]
+    return (share.max(axis=0) < MASK_SHARE) & (union < MASK_SHARE)
+
+
+def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
+    """``est`` with ``seeded`` set, and every mask without a component put back.
+
+    A component is seeded when at least :data:`MASK_SHARE` of its footprint's energy lies in
+    one mask. A mask that no component holds (CNMF drops a footprint whose trace stayed at
+    zero: a cell that never fired) becomes a component again with its seeded start (footprint
+    and trace of ``start``, the :class:`~somascope.cnmf.initialization.Initialization` whose
+    first columns are the masks' in mask order; without it the mask normalised and ``C = 0``),
+    ``S = 0``, and ``YrA = None`` for all components so that the evaluation recomputes the
+    residual traces (the put-back cell's raw trace included).
+
+    Parameters
+    ----------
+    est
+        :class:`~somascope.cnmf.estimates.Estimates` of a seeded fit; not modified.
+    masks
+        The seed masks (``pixels × n_masks``, as :func:`as_masks` takes them).
+    start
+        The seeded initialisation (or None).
+    """
+    import dataclasses
+
+    from .estimates import Estimates
+
+    M = as_masks(masks, est.dims)
+    label = seed_labels(est.A, M)
+    seeded = label >= 0
+    held = np.zeros(M.shape[1], bool)
+    held[label[seeded]] = True
+    lost = np.flatnonzero(~held)
+    if lost.size == 0:
+        return dataclasses.replace(est, seeded=seeded)
+    T = est.C.shape[1]
+    zeros = np.zeros((lost.size, T), np.float32)
+    if start is not None:
+        new_A, new_C = sp.csc_matrix(start.A[:, lost]), np.asarray(start.C[lost], np.float32)
+    else:
+        norms = np.sqrt(np.asarray(M[:, lost].multiply(M[:, lost]).sum(axis=0)).ravel())
+        new_A, new_C = sp.csc_matrix(M[:, lost] @ sp.diags(1.0 / norms)), zeros
+
+    def stacked(name: str, fill: np.ndarray) -> np.ndarray | None:
+        value = getattr(est, name)
+        return None if value is None else np.concatenate([value, fill.astype(value.dtype)])
+
+    per_trace = {name: stacked(name, np.zeros(lost.size)) for name in ("neurons_sn", "bl", "c1", "lam")}
+    g = None if est.g is None else np.concatenate([est.g, np.zeros((lost.size, est.g.shape[1]), est.g.dtype)])
+    return Estimates(
+        A=sp.hstack([est.A, new_A.astype(est.A.dtype)], format="csc"), dims=est.dims,
+        C=stacked("C", new_C), S=stacked("S", zeros), YrA=None, b=est.b, f=est.f, sn=est.sn, g=g,
+        seeded=np.concatenate([seeded, np.ones(lost.size, bool)]), frame_rate=est.frame_rate, params=est.params,
+        software_version=est.software_version, seed=est.seed, provenance=est.provenance, extra=est.extra,
+        **per_trace)

@@ -10,6 +10,12 @@ import numpy as np
 MIN_FRAMES = 16
 
 
+def too_few_frames(n_frames: int, what: str = "the movie") -> str:
+    """The pipeline's one message for a recording shorter than :data:`MIN_FRAMES`."""
+    return (f"{what} has {n_frames} frames; the pipeline needs at least {MIN_FRAMES} frames to estimate noise "
+            "levels and time constants. Fix: pass a longer recording (or several files, concatenated in time).")
+
+
 def as_trace(y: object, name: str = "y", min_frames: int = MIN_FRAMES) -> np.ndarray:
     """``y`` as a finite float64 1-D array of at least ``min_frames`` frames (a copy if needed).
 

@@ -118,6 +118,13 @@ _BINS_PER_BANDWIDTH = 4
 #: Normalised footprint overlap ``⟨a_i, a_j⟩ / (‖a_i‖ ‖a_j‖)`` above which two components
 #: count as overlapping when choosing the frames of the r-value (CaImAn's ``Athresh``).
 OVERLAP_THR = 0.1
+#: Spatial consistency from which a seeded cell counts as active (not silent). A cell that never
+#: fires still picks up its neighbours' and the neuropil's transients, and the trace SNR (a
+#: test of rare large events) stays low for a cell that fires often; what tells them apart is
+#: whether the frames of its transients show its own footprint. On the simulated two-channel
+#: hard family the silent cells' r-values stayed below 0.55 and 95 % of the active ones'
+#: above 0.65 (``docs/structural.md``).
+SILENT_RVAL = 0.6
 #: Jaccard distance of two accepted components' masks below which they are one cell twice
 #: (the matching to a ground truth counts pairs up to 0.7 as the same cell).
 DUPLICATE_DISTANCE = 0.5
@@ -669,11 +676,17 @@ def evaluate_components(
     if q.use_cnn and cnn is None:
         cnn = classify_components(model.A, dims, p)
     good, bad = select_components(snr, r_values, cnn, quality=q, ecc=ecc, area=area, valid=valid)
+    silent = None
+    if est.seeded is not None:  # cells of a structural channel: kept, silent when inactive
+        good, bad, silent = _keep_seeded(est.seeded, snr, r_values, valid, good, q)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
-    log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)",
-             model.K, good.size, bad.size, n_dup)
+    if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
+        silent[bad] = False
+    log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)%s",
+             model.K, good.size, bad.size, n_dup,
+             "" if silent is None else f"; {int(silent.sum())} seeded cells silent")
     changes: dict[str, Any] = dict(SNR_comp=snr, r_values=r_values, idx_components=good, idx_components_bad=bad,
-                                   cnn_preds=cnn)
+                                   cnn_preds=cnn, silent=silent)
     if est.YrA is None:
         changes["YrA"] = YrA
     return dataclasses.replace(est, **changes)
@@ -682,6 +695,21 @@ def evaluate_components(
 # --------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------
+
+
+def _keep_seeded(seeded: np.ndarray, snr: np.ndarray, r_values: np.ndarray, valid: np.ndarray, good: np.ndarray,
+                 q: QualityParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accept every seeded cell (a structural channel shows it is a cell) and flag as silent
+    those that show no activity of their own: trace SNR below ``quality.min_SNR`` and spatial
+    consistency below :data:`SILENT_RVAL` (or none: no transient to take frames from).
+    Returns ``(good, bad, silent)``."""
+    seeded = np.asarray(seeded, bool) & np.asarray(valid, bool)
+    with np.errstate(invalid="ignore"):
+        silent = seeded & ~(np.asarray(snr) >= q.min_SNR) & ~(np.asarray(r_values) >= SILENT_RVAL)
+    keep = np.zeros(seeded.size, bool)
+    keep[good] = True
+    keep |= seeded
+    return np.flatnonzero(keep).astype(np.int64), np.flatnonzero(~keep).astype(np.int64), silent
 
 
 def classify_components(A: Any, dims: Sequence[int], params: Params) -> np.ndarray | None:

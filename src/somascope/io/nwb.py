@@ -1208,6 +1208,13 @@ def _add_segmentation(module: Any, est: Any, dims: tuple[int, ...], K: int,
     if est.cnn_preds is not None:
         columns.append(VectorData(name="cnn_pred", description="CNN probability of being a cell",
                                   data=per_component("cnn_preds")))
+    if est.seeded is not None:
+        columns.append(VectorData(name="seeded", description="True if the cell was seeded from a structural "
+                                  "channel's mask (somascope seeded)", data=np.asarray(est.seeded, bool)))
+    if est.silent is not None:
+        columns.append(VectorData(name="silent", description="True for a seeded cell that showed no activity "
+                                  "(a silent cell: accepted and flagged; somascope silent)",
+                                  data=np.asarray(est.silent, bool)))
     segmentation = ImageSegmentation(name=_SEGMENTATION)
     module.add(segmentation)
     description = "somascope CNMF components (row k = component k of the Estimates)"
@@ -1264,7 +1271,7 @@ def _add_traces(module: Any, est: Any, plane_seg: Any, K: int, rate: float) -> l
         module.add(deconv)
         series(deconv, "spikes", est.S, "a.u.", "deconvolved activity S (spike estimates, "
                "same scale as C), T x K")
-    for name in ("SNR_comp", "r_values", "cnn_preds", "idx_components", "idx_components_bad"):
+    for name in ("SNR_comp", "r_values", "cnn_preds", "seeded", "silent", "idx_components", "idx_components_bad"):
         if getattr(est, name, None) is not None:
             present.append(name)
     return present
@@ -1468,6 +1475,9 @@ def _contents(nwbfile: Any, path: Path) -> NWBContents:
         values = np.asarray(plane_seg[name].data[()], dtype=np.float32)
         return None if "fields" not in record and np.all(np.isnan(values)) else values
 
+    def flags(name: str) -> np.ndarray | None:
+        return np.asarray(plane_seg[name].data[()], dtype=bool) if name in plane_seg.colnames else None
+
     idx_good = idx_bad = None
     if "accepted" in plane_seg.colnames:
         accepted = np.asarray(plane_seg["accepted"].data[()], dtype=bool)
@@ -1487,6 +1497,8 @@ def _contents(nwbfile: Any, path: Path) -> NWBContents:
         SNR_comp=column("snr", "SNR_comp"),
         r_values=column("r_value", "r_values"),
         cnn_preds=column("cnn_pred", "cnn_preds"),
+        seeded=flags("seeded"),
+        silent=flags("silent"),
         idx_components=idx_good,
         idx_components_bad=idx_bad,
         frame_rate=rate,

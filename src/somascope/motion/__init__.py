@@ -17,7 +17,7 @@ Sign convention (``docs/conventions.md``): a displacement ``d`` means
 
 from __future__ import annotations
 
-from .driver import PW_RIGID_AUTO_THRESHOLD_PX, apply_shifts, border_pix, correct, nonrigid_residual
+from .driver import PW_RIGID_AUTO_THRESHOLD_PX, apply_shifts, border_pix, correct, mean_after_shifts, nonrigid_residual
 from .metrics import crispness, frame_correlations
 from .piecewise import PatchGrid, displacement_field, patch_grid, register_frame_pw
 from .registration import TemplatePlan, high_pass, prepare_template, register_frame, register_frames
@@ -36,6 +36,7 @@ __all__ = [
     "displacement_field",
     "frame_correlations",
     "high_pass",
+    "mean_after_shifts",
     "nonrigid_residual",
     "patch_grid",
     "prepare_template",

@@ -233,6 +233,13 @@ def _apply_task(item: tuple[Any, ...]) -> int:
     return t1 - t0
 
 
+def _mean_task(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    src, t0, t1, rigid, patch, grid, border_mode = item
+    corrected = correct_block(_read(src, t0, t1), rigid, patch, grid, border_mode)
+    finite = np.isfinite(corrected)
+    return np.where(finite, corrected, 0).sum(axis=0, dtype=np.float64), finite.sum(axis=0)
+
+
 # -- driver --------------------------------------------------------------------------
 def correct(
     source: Any,
@@ -653,3 +660,40 @@ def apply_shifts(
     finally:
         if own_engine:
             eng.close()
+
+
+def mean_after_shifts(
+    source: Any,
+    result: MotionResult,
+    *,
+    engine: Engine | str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The time average of another movie of the same frames once the displacements of
+    ``result`` are applied, ``dims`` float32 (e.g. a static structural channel, moved by the
+    functional channel's motion). Chunks of frames are corrected on ``engine`` and only their
+    sums come back, so the corrected movie is never held or written. A pixel that is NaN in
+    every corrected frame (``border_mode="nan"``) is NaN.
+    """
+    source = _as_source(source)
+    shape = tuple(int(s) for s in source.shape)
+    if shape != (result.n_frames, *result.dims):
+        raise ValueError(f"the movie has shape {shape} but the shifts are for {result.n_frames} frames of "
+                         f"{result.dims}; apply shifts only to a movie recorded with the same frames "
+                         "(e.g. the other channel of the same acquisition).")
+    mode = result.params.get("border_mode", "copy")
+    chunks = _chunks(shape[0], int(result.params.get("chunk_frames", 200)))
+    patch = result.patch_shifts
+    items = [(_piece(source, t0, t1), t0, t1, result.shifts[t0:t1], None if patch is None else patch[t0:t1],
+              result.patch_grid, mode) for t0, t1 in chunks]
+    own_engine = not isinstance(engine, Engine)
+    eng = as_engine(engine)
+    try:
+        parts = eng.map(_mean_task, items, desc="motion: averaging a channel", progress=progress, unit="chunk")
+    finally:
+        if own_engine:
+            eng.close()
+    total = np.sum([p[0] for p in parts], axis=0)
+    count = np.sum([p[1] for p in parts], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)

@@ -303,9 +303,9 @@ def check_movie(movie: Any, params: Any) -> None:
         raise PipelineError(f"{name}: has shape {shape}; the pipeline needs T × H × W (or T × Z × H × W). "
                             "Fix: open it with the right --axes / --channel.")
     if shape[0] < MIN_FRAMES or min(shape[1:]) < 1:
-        raise PipelineError(f"{name}: has {shape[0]} frames of {shape[1:]}; the pipeline needs at least "
-                            f"{MIN_FRAMES} frames to estimate noise and time constants. Fix: pass a longer "
-                            "recording (or several files, concatenated in time).")
+        from ..deconvolution._checks import too_few_frames
+
+        raise PipelineError(too_few_frames(shape[0], f"{name} (frames of {shape[1:]})"))
     dims = shape[1:]
     gsiz = tuple(int(s) for s in params.init.gSiz)
     if any(g > d for g, d in zip(gsiz, dims)):

@@ -225,5 +225,10 @@ def _write_report(ctx: Any, est: Any, motion: Any, summary: Any, records: list[d
     from .. import report
 
     truth = ctx.truth(motion) if callable(ctx.truth) else ctx.truth
+    structural = None
+    masks = ctx.seed_masks()
+    if masks is not None:
+        structural = {"image": np.load(ctx.folder("seeds") / "structural.npy"), "masks": masks}
     return Path(report.write_run_report(ctx.out / REPORT_DIR, estimates=est, params=ctx.params, summary=summary,
-                                        motion=motion, stages=records, movie_info=movie_info, truth=truth))
+                                        motion=motion, stages=records, movie_info=movie_info, truth=truth,
+                                        structural=structural))

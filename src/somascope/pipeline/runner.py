@@ -142,6 +142,7 @@ class RunContext:
     truth: Any
     movie_info: dict[str, Any]
     nwb_metadata: Any = None
+    structural: Any = None
     stage_cache: Path | None = None
     movie_root: Path | None = None
     stage_dirs: dict[str, Path] = field(default_factory=dict)
@@ -203,6 +204,21 @@ class RunContext:
         mc = MotionResult.load(folder, open_store=False)
         self.remember("motion", {"motion": mc})
         return mc
+
+    def seed_masks(self) -> Any:
+        """The structural channel's cell masks (``pixels × K`` CSC) of the seeds stage, or None
+        without a structural channel."""
+        known, value = self._product("seeds", "seeds")
+        if known:
+            return value
+        path = self.folder("seeds") / "masks.npz"
+        if not path.is_file():
+            return None
+        import scipy.sparse as sp
+
+        masks = sp.csc_matrix(sp.load_npz(path))
+        self._products.setdefault("seeds", {})["seeds"] = masks
+        return masks
 
     def summary(self) -> Any:
         known, value = self._product("summary", "summary")
@@ -660,6 +676,7 @@ def run(
     stage_cache: str | os.PathLike[str] | None = None,
     until: str | None = None,
     movie_root: str | os.PathLike[str] | None = None,
+    structural: Any = None,
 ) -> RunResult:
     """Run the whole pipeline on a movie: motion correction → summary images → CNMF → quality
     tests → (refit) → deconvolution and ΔF/F → results file, report (and NWB).
@@ -720,6 +737,11 @@ def run(
         A folder shared by several runs (the batch manager's): every stage but ``results``
         lives there under a key of its inputs and parameters, so runs of the same movie with
         other parameters reuse the stages they share (module docstring).
+    structural
+        A structural channel whose cells seed CNMF (``docs/structural.md``): a movie of the
+        same frames (a :class:`~somascope.io.Movie`, e.g. the other channel, or a path; moved
+        by the functional channel's motion) or an image of the frame's shape (array, ``.npy``
+        or TIFF path) registered to the corrected movie. Silent cells are kept, flagged.
     movie_root
         A folder the movie's identity is recorded relative to (a batch's raw-data root): the
         stages stay valid when the data move with it.
@@ -750,6 +772,9 @@ def run(
     prepared = prepare(movie, out, params, fr=fr, radius=radius, decay_time=decay_time, overrides=overrides,
                        motion=motion)
     prepared.warnings.extend(nwb_warnings)
+    from .structural import resolve_structural
+
+    structural_input = resolve_structural(structural, prepared.movie)
     out_path = prepared.out
     created = not out_path.exists()
     try:
@@ -763,6 +788,7 @@ def run(
     handle = engine if shared else EngineHandle(engine, workers)
     ctx = RunContext(movie=prepared.movie, params=prepared.params, out=out_path, engine=handle, motion=motion,
                      nwb=nwb, progress=progress, truth=truth, movie_info=prepared.movie_info(), nwb_metadata=meta,
+                     structural=structural_input,
                      stage_cache=None if stage_cache is None else Path(stage_cache).expanduser().absolute(),
                      movie_root=None if movie_root is None else Path(movie_root).expanduser().absolute())
     remove_out = False

@@ -170,6 +170,47 @@ def run_summary(ctx: Any, folder: Path) -> Outcome:
     return Outcome(f"{len(images.images())} images", sorted(written), {"summary": images})
 
 
+# -- seeds -----------------------------------------------------------------------------------
+def seeds_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    inp = getattr(ctx, "structural", None)
+    if inp is None:
+        return {}, {"structural": None}
+    from .. import segmentation
+
+    # the segmentation's constants: a change of them segments again
+    constants = {k: getattr(segmentation, k) for k in dir(segmentation) if k.isupper() and not k.startswith("_")}
+    return ({"data.neuron_radius": list(ctx.params.data.neuron_radius)},
+            {"structural": inp.fingerprint, "segmentation": constants})
+
+
+def run_seeds(ctx: Any, folder: Path) -> Outcome:
+    """With a structural channel: its motion-corrected average, segmented into cell masks
+    (``structural.npy``, ``labels.npy``, ``masks.npz``) that seed CNMF."""
+    inp = getattr(ctx, "structural", None)
+    if inp is None:
+        return Outcome("off (no structural channel)", [], {"seeds": None})
+    import scipy.sparse as sp
+
+    from ..io.atomic import atomic_path
+    from ..segmentation import seed_masks, segment_cells
+    from .structural import structural_image
+
+    image = structural_image(inp, ctx.motion_result(), engine=ctx.engine.get(), progress=ctx.progress)
+    radius = tuple(float(r) for r in ctx.params.data.neuron_radius)
+    labels = segment_cells(image, radius)
+    masks = seed_masks(labels, radius)
+    for name, arr in (("structural.npy", image), ("labels.npy", labels.astype(np.int32))):
+        with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, arr)
+    with atomic_path(folder / "masks.npz") as tmp, open(tmp, "wb") as fh:
+        sp.save_npz(fh, sp.csc_matrix(masks))
+    if masks.shape[1] == 0:
+        log.warning("no cell was found in %s: CNMF runs unseeded. Check that it is the channel with the "
+                    "structural marker and that --radius is the cells' radius.", inp.label)
+    return Outcome(f"{masks.shape[1]} cells segmented in {inp.label}", ["structural.npy", "labels.npy", "masks.npz"],
+                   {"seeds": masks})
+
+
 # -- background -----------------------------------------------------------------------------
 def background_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     init = ctx.params.init
@@ -233,9 +274,15 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
     if ctx.params.init.nb == 0:  # one-photon: the background stage's field-of-view mask
         mask = np.load(ctx.folder("background") / "fov_mask.npy")
         mask = None if mask.all() else mask
+    seeds = ctx.seed_masks()
+    if seeds is not None and seeds.shape[1] == 0:
+        seeds = None
     est = fit(ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False,
-              fov_mask=mask)
-    return Outcome(f"{est.K} components", _estimates_file(folder, est), {"estimates": est})
+              fov_mask=mask, seed_masks=seeds, seed_adds=seeds is not None and ctx.params.init.seed_adds)
+    detail = f"{est.K} components"
+    if est.seeded is not None:
+        detail += f" ({int(est.seeded.sum())} seeded from {seeds.shape[1]} structural masks)"
+    return Outcome(detail, _estimates_file(folder, est), {"estimates": est})
 
 
 # -- quality ----------------------------------------------------------------------------------
@@ -371,9 +418,10 @@ def run_results(ctx: Any, folder: Path) -> Outcome:
 STAGES: tuple[Stage, ...] = (
     Stage("motion", (), "motion_depends", "run_motion", "motion correction → float32 Store"),
     Stage("summary", ("motion",), "summary_depends", "run_summary", "summary images"),
+    Stage("seeds", ("motion",), "seeds_depends", "run_seeds", "structural channel → cell masks that seed CNMF"),
     Stage("background", ("motion",), "background_depends", "run_background",
           "one-photon: ring background model, subtracted"),
-    Stage("cnmf", ("background",), "cnmf_depends", "run_cnmf", "CNMF: patches, initialisation, updates, merging"),
+    Stage("cnmf", ("background", "seeds"), "cnmf_depends", "run_cnmf", "CNMF: patches, initialisation, updates, merging"),
     Stage("quality", ("cnmf",), "quality_depends", "run_quality", "quality tests → accepted / rejected"),
     Stage("refit", ("quality",), "refit_depends", "run_refit", "refit seeded with the accepted components"),
     Stage("traces", ("refit",), "traces_depends", "run_traces", "deconvolution and ΔF/F"),

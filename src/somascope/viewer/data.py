@@ -499,8 +499,10 @@ class Source:
         q = self.params.get("quality", {}) if isinstance(self.params, dict) else {}
         thresholds = {m: q.get(key) for m, key in (("snr", "min_SNR"), ("r_value", "rval_thr"),
                                                     ("cnn", "min_cnn_thr")) if m in metrics and key in q}
+        flags = {name: (None if getattr(est, name) is None else np.asarray(getattr(est, name), bool).tolist())
+                 for name in ("seeded", "silent")}
         return {"K": est.K, "dims": list(self.dims), "contours": contours, "centers": centers,
-                "metrics": metrics, "thresholds": thresholds}
+                "metrics": metrics, "thresholds": thresholds, **flags}
 
     def components(self) -> dict[str, Any]:
         """The ``/components`` payload (contours computed once)."""

@@ -178,6 +178,8 @@
       this.centers = json.centers;
       this.metrics = json.metrics || {};
       this.thresholds = json.thresholds || {};
+      this.seeded = json.seeded || null; // structural channel: seeded from its masks (null without one)
+      this.silent = json.silent || null; // seeded cells without activity
       this.update(json);
       this.bboxes = this.contours.map((polys, k) => {
         let x0 = Infinity;
@@ -1327,7 +1329,8 @@
     const acc = set.accepted[k];
     const manual = set.manual[String(k)];
     const badge = $("comp-status");
-    badge.textContent = `${acc ? "accepted" : "rejected"}${manual ? " · manual" : " · automatic"}`;
+    const silent = acc && set.silent && set.silent[k] ? " · silent" : "";
+    badge.textContent = `${acc ? "accepted" : "rejected"}${silent}${manual ? " · manual" : " · automatic"}`;
     badge.className = `badge ${acc ? "accepted" : "rejected"}`;
     const rows = [];
     const names = Object.keys(set.metrics);
@@ -1342,6 +1345,11 @@
       const below = isNum(v) && isNum(thr) && v < thr;
       rows.push(`<tr><td>${METRIC_LABELS[name] || name}</td><td class="${below ? "below" : ""}">${fmt(v)}</td>` +
         `<td class="hint">${isNum(thr) ? `threshold ${fmt(thr)}` : ""}</td></tr>`);
+    }
+    if (set.seeded) {
+      const origin = set.seeded[k] ? (set.silent && set.silent[k] ? "seeded · silent (no activity)" : "seeded · active")
+        : "added (outside the masks)";
+      rows.push(`<tr><td>structural channel</td><td>${origin}</td><td></td></tr>`);
     }
     const auto = set.autoAccepted ? (set.autoAccepted[k] ? "accepted" : "rejected") : "–";
     rows.push(`<tr><td>automatic</td><td>${auto}</td><td class="hint">${manual ? `manual: ${manual}` : ""}</td></tr>`);
