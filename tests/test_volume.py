@@ -130,3 +130,33 @@ def test_the_sima_example_volume_opens_motion_corrects_and_cnmf_names_the_minimu
     assert main(["run", str(SIMA_VOLUME), "--axes", "tzyxc", "--channel", "0", "--fr", "10",
                  "--out", str(tmp_path / "run")]) == 2
     assert rule in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_plane_by_plane_gives_one_component_per_cell_across_planes(tmp_path: Path) -> None:
+    """`patch.by_plane`: each plane fitted in 2-D, a cell's pieces in adjacent planes merged into
+    one 3-D component (the same thin stack as above, through a Store)."""
+    from somascope.cnmf import fit
+    from somascope.cnmf.estimates import Estimates
+    from somascope.cnmf.planes import plane_params
+    from somascope.metrics import match_footprints
+    from somascope.store import Store
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--kind", "volume", "--dims", "4", "64", "64", "--frames", "400",
+                 "--fr", "15", "--seed", "3", "-q"]) == 0
+    movie = open_movie(sim / "movie.tif")
+    store = Store.from_source(movie, tmp_path / "movie.zarr")
+    p, *_ = preflight.build_params(None, movie, radius=4.0, overrides={"patch.by_plane": True})
+    p2 = plane_params(p)
+    assert p2.data.neuron_radius == (4.0, 4.0) and p2.ndim == 2 and p2.init.K < p.init.K
+    est = fit(store, p)
+    assert est.dims == (4, 64, 64) and est.provenance.get("by_plane") is True
+    assert not list(tmp_path.glob(".planes-*"))  # the plane Stores are gone
+    truth = Estimates.load(sim / "ground_truth.h5")
+    somata = np.flatnonzero(np.asarray(truth.extra["active"], bool) & np.asarray(truth.extra["is_soma"], bool))
+    acc = est.accepted_indices
+    m = match_footprints(truth.A[:, somata], est.A[:, acc], tuple(truth.dims))
+    assert m.f1 >= 0.85 and m.precision >= 0.9, (m.f1, m.precision, m.recall)
+    # a matched cell reaching two planes is one component with pixels in both
+    planes = np.asarray((abs(est.A[:, acc[m.est_idx]]) > 0).toarray().reshape(4, -1, m.tp).any(axis=1).sum(axis=0))
+    assert (planes >= 2).mean() > 0.5, planes

@@ -215,6 +215,12 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
                          allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask,
                          seed_adds=seed_adds)
     shape = _check_shape(source, params)
+    if seed_masks is None and patches:
+        from .planes import by_plane
+
+        if by_plane(params, shape[1:]):
+            return _fit_planes(source, params, engine=engine, progress=progress, evaluate=evaluate,
+                               allow_refit=allow_refit)
     seed_adds = bool(seed_adds and seed_masks is not None)
     masks = None
     if seed_masks is not None:
@@ -306,6 +312,34 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
     steps.close()
     log.info("CNMF: %d components (%d accepted) in %.1f s", est.K, est.accepted_indices.size,
              time.perf_counter() - t_start)
+    return est
+
+
+def _fit_planes(source: Any, params: Any, *, engine: Any, progress: bool, evaluate: bool,
+                allow_refit: bool) -> Estimates:
+    """A volume plane by plane (:mod:`~somascope.cnmf.planes`), then evaluated (and refitted in
+    3-D, seeded with the accepted components, with ``quality.refit``)."""
+    from .planes import fit_by_plane
+
+    t_start = time.perf_counter()
+    input_path = _input_path(source)
+
+    def fit_plane(plane: Any, plane_params: Any) -> Estimates:
+        return _fit(plane, plane_params, seed_masks=None, engine=engine, progress=progress, allow_refit=False,
+                    evaluate=False)
+
+    est = _normalised(fit_by_plane(source, params, engine=engine, progress=progress, fit_plane=fit_plane))
+    est = dataclasses.replace(est, params=params.to_dict(), provenance={
+        **_provenance(input_path, params), "by_plane": True})
+    if evaluate and est.K:
+        from somascope.evaluation import evaluate_components
+
+        est = evaluate_components(est, source, params)
+        if allow_refit and params.quality.refit and est.accepted_indices.size:
+            est = _fit(source, params, seed_masks=est.A[:, est.accepted_indices], engine=engine, progress=False,
+                       allow_refit=False)
+            est = dataclasses.replace(est, provenance=_provenance(input_path, params, refit=True))
+    log.info("CNMF plane by plane: %d components in %.1f s", est.K, time.perf_counter() - t_start)
     return est
 
 
@@ -563,12 +597,7 @@ def _read_movie(source: Any, params: Any) -> tuple[np.ndarray, Any]:
     from somascope.io import iter_chunks
 
     shape = _check_shape(source, params)
-    input_path = None
-    for attr in ("path", "paths"):
-        value = getattr(source, attr, None)
-        if value is not None:
-            input_path = value[0] if isinstance(value, (list, tuple)) else value
-            break
+    input_path = _input_path(source)
     if isinstance(source, np.ndarray):
         if source.dtype.kind not in "biuf":
             raise ValueError(f"the movie must hold real numbers, got dtype {source.dtype}.")
@@ -584,6 +613,15 @@ def _read_movie(source: Any, params: Any) -> tuple[np.ndarray, Any]:
                          "Fix: motion-correct with border_mode='copy' or 'zero', or crop the "
                          "borders, so that every pixel holds a number.")
     return Y, input_path
+
+
+def _input_path(source: Any) -> Any:
+    """The file a movie was read from (its first one), or None."""
+    for attr in ("path", "paths"):
+        value = getattr(source, attr, None)
+        if value is not None:
+            return value[0] if isinstance(value, (list, tuple)) else value
+    return None
 
 
 def _check_shape(source: Any, params: Any) -> tuple[int, ...]:

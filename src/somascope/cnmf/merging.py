@@ -129,7 +129,7 @@ def find_merge_groups(
 
 
 def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
-                     keep_apart: np.ndarray | None = None) -> MergeResult:
+                     keep_apart: np.ndarray | None = None, groups: list[np.ndarray] | None = None) -> MergeResult:
     """Merge overlapping, correlated components of ``est`` (see the module docstring).
 
     ``est`` needs ``A`` and ``C``; ``YrA`` (residual traces) is used when present. The
@@ -148,6 +148,9 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
         Unused for now (merging is cheap); accepted for symmetry with the other steps.
     keep_apart
         ``(K,)`` labels of components that must stay apart (:func:`find_merge_groups`).
+    groups
+        The groups to merge (disjoint index arrays of ≥ 2 components), found elsewhere (e.g.
+        a cell's pieces in adjacent planes of a volume); None: :func:`find_merge_groups`.
     """
     from somascope.deconvolution import deconvolve_traces
     from somascope.params import Params
@@ -155,10 +158,13 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
     params = Params() if params is None else params
     if est.C is None:
         raise ValueError("merging needs traces: est.C is None. Run the temporal update first.")
-    groups = []
-    if params.merge.do_merge:
+    if groups is not None:
+        groups = [np.asarray(g, np.int64) for g in groups if len(g) >= 2]
+    elif params.merge.do_merge:
         groups = find_merge_groups(est.A, est.C, params.merge.merge_thr,
                                    max_merge_area=params.merge.max_merge_area, keep_apart=keep_apart)
+    else:
+        groups = []
     if not groups:
         return MergeResult(estimates=_clear_quality(est.select(np.arange(est.K))), groups=[])
 

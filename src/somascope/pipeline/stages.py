@@ -178,7 +178,8 @@ def seeds_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     from .. import segmentation
 
     # the segmentation's constants: a change of them segments again
-    constants = {k: getattr(segmentation, k) for k in dir(segmentation) if k.isupper() and not k.startswith("_")}
+    constants = {k: v for k, v in vars(segmentation).items()
+                 if k.lstrip("_").isupper() and isinstance(v, (int, float, tuple))}
     return ({"data.neuron_radius": list(ctx.params.data.neuron_radius)},
             {"structural": inp.fingerprint, "segmentation": constants})
 
