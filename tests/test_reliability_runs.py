@@ -209,7 +209,7 @@ def test_disk_full_in_a_stage_keeps_the_finished_stages_and_the_rerun_completes(
     assert "disk is full" in line and "stage quality" in line and "mounted at" in line
     assert "motion, summary, seeds, background, cnmf are kept" in line and "rerun the same command" in line
     assert not (out / "results.h5").exists()
-    assert _looks_finished(out) == ["background", "cnmf", "motion", "summary"]
+    assert _looks_finished(out) == ["background", "cnmf", "motion", "seeds", "summary"]
     assert not (out / "stages" / "quality.partial").exists()
     kept = _tree(out / "stages")
     # the disk has room again: the same command resumes at quality and gives the clean result
@@ -357,7 +357,7 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_the_rerun_resumes(movie: Path, 
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("somascope: interrupted") and "in stage quality" in lines[0], stderr
     assert "motion, summary, seeds, background, cnmf are kept" in lines[0] and "rerun the same command" in lines[0]
-    assert _looks_finished(out) == ["background", "cnmf", "motion", "summary"]
+    assert _looks_finished(out) == ["background", "cnmf", "motion", "seeds", "summary"]
     assert not (out / "stages" / "quality.partial").exists() and not (out / ".lock").exists()
     assert "run interrupted: RunInterrupted" not in (out / "run.log").read_text()
     assert "run interrupted: KeyboardInterrupt" in (out / "run.log").read_text()

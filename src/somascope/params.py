@@ -569,7 +569,7 @@ class PatchParams(_Group):
         by_plane: a volume's CNMF plane by plane (each plane a 2-D fit, a cell split across
             adjacent planes merged into one 3-D component; ``docs/volumes.md``) instead of in
             3-D patches. Off by default: on the hard simulated thin stacks it scored within
-            0.01 F1 of the 3-D fit and took 1.5× its time. Ignored for 2-D movies.
+            0.01 F1 of the 3-D fit and took 1.1× its time. Ignored for 2-D movies.
     """
 
     _group: ClassVar[str] = "patch"

@@ -86,9 +86,11 @@ def fit(
         With ``seed_masks`` (cells of a structural channel): also run the unseeded detection
         (``init.method``, in patches) and add the components it finds outside every mask, so
         the cells the masks missed are kept. The result then marks each component ``seeded``
-        (most of its footprint's energy lies in one mask), and a mask that CNMF left without
-        a component (a silent cell: no activity to fit) is put back as its own component,
-        footprint = the mask, ``C = 0``, ``YrA`` left for the evaluation to compute.
+        (most of its footprint's energy lies in one mask; two masks' cells are never merged),
+        a mask that CNMF left without a component (a silent cell: no activity to fit) is put
+        back with its seeded start (:func:`~somascope.cnmf.seeded.mark_seeds`), and the
+        evaluation flags the seeded cells without activity ``silent``, their footprint the
+        mask (:func:`~somascope.cnmf.seeded.silent_footprints`; ``docs/structural.md``).
     engine
         Optional :class:`somascope.parallel.Engine`: the patches, the blocked passes over a
         Store and the deconvolution of large groups of traces run on it; None runs them
@@ -301,6 +303,10 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             from somascope.evaluation import evaluate_components
 
             est = evaluate_components(est, movie, params) if est.K else est
+            if seed_adds and est.K:
+                from .seeded import silent_footprints
+
+                est = silent_footprints(est, masks, movie)
     if evaluate and allow_refit and params.quality.refit and est.K:
         with steps.step("refit"):
             if est.accepted_indices.size:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 PLANE_IOU = 0.2
 #: Correlation of the traces ``C`` of two adjacent planes' pieces from which they are one cell.
 #: 0.5–0.7 gave the best F1 on a hard simulated stack (0.854–0.856; 0.85: 0.834, pieces of
-#: one cell left apart count as false positives).
+#: one cell left apart count as false positives; ``docs/volumes.md``).
 PLANE_CORR = 0.6
 
 

@@ -356,3 +356,42 @@ def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
         seeded=np.concatenate([seeded, np.ones(lost.size, bool)]), frame_rate=est.frame_rate, params=est.params,
         software_version=est.software_version, seed=est.seed, provenance=est.provenance, extra=est.extra,
         **per_trace)
+
+
+def silent_footprints(est: Any, masks: Any, source: Any, *, progress: bool = False) -> Any:
+    """``est`` with each silent cell's footprint replaced by its mask (normalised), its trace
+    ``C`` and ``S`` set to 0, and the residual traces ``YrA`` of all components recomputed from
+    ``source`` (one pass over the movie): the raw trace of a silent cell is then its mask's.
+
+    A cell that never fires gives CNMF nothing to shape a footprint from, so the fitted one is
+    noise around the seed; the structural channel's mask is where the cell is. The quality
+    metrics (``SNR_comp``, ``r_values``) stay those the silent flag was decided on.
+    """
+    import dataclasses
+
+    from somascope.evaluation.quality import residual_traces
+
+    if est.silent is None or not np.any(est.silent):
+        return est
+    M = as_masks(masks, est.dims)
+    silent = np.flatnonzero(est.silent)
+    label = seed_labels(est.A[:, silent], M)
+    keep = label >= 0
+    silent, label = silent[keep], label[keep]
+    if silent.size == 0:
+        return est
+    A = sp.lil_matrix(est.A)
+    cols = M[:, label]
+    norms = np.sqrt(np.asarray(cols.multiply(cols).sum(axis=0)).ravel())
+    cols = sp.csc_matrix(cols @ sp.diags(1.0 / norms))
+    for i, k in enumerate(silent):
+        A[:, k] = cols[:, i]
+    A = sp.csc_matrix(A, dtype=est.A.dtype)
+    A.sort_indices()
+    C = np.array(est.C, copy=True)
+    C[silent] = 0
+    S = None if est.S is None else np.array(est.S, copy=True)
+    if S is not None:
+        S[silent] = 0
+    YrA = residual_traces(source, A, C, est.b, est.f, progress=progress)
+    return dataclasses.replace(est, A=A, C=C, S=S, YrA=YrA.astype(np.float32))

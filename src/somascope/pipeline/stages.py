@@ -306,6 +306,11 @@ def run_quality(ctx: Any, folder: Path) -> Outcome:
     est = ctx.estimates("cnmf")
     if est.K:
         est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress)
+        masks = ctx.seed_masks()
+        if masks is not None and masks.shape[1]:  # silent cells: their structural mask as footprint
+            from ..cnmf.seeded import silent_footprints
+
+            est = silent_footprints(est, masks, ctx.analysis_store(), progress=ctx.progress)
     else:
         est = dataclasses.replace(est, idx_components=np.zeros(0, np.int64), idx_components_bad=np.zeros(0, np.int64))
     return Outcome(_accept_detail(est), _estimates_file(folder, est), {"estimates": est})
