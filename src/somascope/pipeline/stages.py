@@ -279,7 +279,7 @@ def run_cnmf(ctx: Any, folder: Path) -> Outcome:
     if seeds is not None and seeds.shape[1] == 0:
         seeds = None
     est = fit(ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress, evaluate=False,
-              fov_mask=mask, seed_masks=seeds, seed_adds=seeds is not None and ctx.params.init.seed_adds)
+              fov_mask=mask, seed_masks=seeds, structural=seeds is not None)
     detail = f"{est.K} components"
     if est.seeded is not None:
         detail += f" ({int(est.seeded.sum())} seeded from {seeds.shape[1]} structural masks)"
