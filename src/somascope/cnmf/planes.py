@@ -2,8 +2,8 @@
 merged into one 3-D component (``patch.by_plane``, an option for thin stacks).
 
 A thin stack's planes lie about a soma's radius apart, so a cell shows in one to three planes.
-Plane by plane, each plane is an ordinary two-photon movie (2-D patches, initialisation, updates and merging with the 2-D parameters of the plane,
-:func:`plane_params`); then:
+Plane by plane, each plane is an ordinary two-photon movie (2-D patches, initialisation,
+updates and merging with the 2-D parameters of the plane, :func:`plane_params`); then:
 
 1. the components of all planes become ``Z·H·W``-pixel footprints, each in its own plane, with
    the planes' backgrounds side by side (``b`` block-diagonal, ``f`` stacked: nb per plane);
