@@ -292,10 +292,11 @@ def seed_labels(A: Any, masks: sp.csc_matrix) -> np.ndarray:
     return np.where(share.max(axis=0) >= MASK_SHARE, share.argmax(axis=0), -1).astype(np.int64)
 
 
-def outside_masks(A: Any, masks: Any) -> np.ndarray:
-    """``(K,)`` bool: the footprints of ``A`` (``pixels × K``) that no mask holds — less than
-    :data:`MASK_SHARE` of their energy in any one mask and in all of them together."""
-    M = as_masks(masks, (A.shape[0],)) if not sp.issparse(masks) else sp.csc_matrix(masks)
+def outside_masks(A: Any, masks: sp.spmatrix) -> np.ndarray:
+    """``(K,)`` bool: the footprints of ``A`` (``pixels × K``) that no mask (``pixels ×
+    n_masks``, sparse) holds — less than :data:`MASK_SHARE` of their energy in any one mask
+    and in all of them together."""
+    M = sp.csc_matrix(masks)
     if A.shape[1] == 0:
         return np.zeros(0, bool)
     share = _energy_in_masks(A, M)

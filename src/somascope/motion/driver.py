@@ -590,6 +590,25 @@ def border_pix(shifts: np.ndarray, patch_shifts: np.ndarray | None = None) -> tu
     return tuple(int(math.ceil(v - 1e-3)) for v in largest)
 
 
+def _same_frames(source: Any, result: MotionResult) -> tuple[Any, int, list[tuple[int, int]]]:
+    """``(source, chunk_frames, chunks)``: another movie checked to hold the frames ``result``
+    was estimated on (e.g. the other channel), and the chunks the correction used."""
+    source = _as_source(source)
+    shape = tuple(int(s) for s in source.shape)
+    if shape != (result.n_frames, *result.dims):
+        raise ValueError(f"the movie has shape {shape} but the shifts are for {result.n_frames} frames of "
+                         f"{result.dims}; apply shifts only to a movie recorded with the same frames "
+                         "(e.g. the other channel of the same acquisition).")
+    chunk = int(result.params.get("chunk_frames", 200))
+    return source, chunk, _chunks(shape[0], chunk)
+
+
+def _shifts_of(result: MotionResult, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rigid and (piecewise-rigid) patch shifts of frames ``t0 … t1 - 1``."""
+    patch = result.patch_shifts
+    return result.shifts[t0:t1], None if patch is None else patch[t0:t1]
+
+
 def apply_shifts(
     source: Any,
     result: MotionResult,
@@ -622,25 +641,14 @@ def apply_shifts(
     -------
     The finalised :class:`~somascope.store.Store`, or a ``(T, *dims)`` float32 array.
     """
-    source = _as_source(source)
+    source, chunk, chunks = _same_frames(source, result)
     shape = tuple(int(s) for s in source.shape)
-    if shape != (result.n_frames, *result.dims):
-        raise ValueError(f"the movie has shape {shape} but the shifts are for {result.n_frames} frames of "
-                         f"{result.dims}; apply shifts only to a movie recorded with the same frames "
-                         "(e.g. the other channel of the same acquisition).")
     mode = border_mode or result.params.get("border_mode", "copy")
-    chunk = int(result.params.get("chunk_frames", 200))
-    chunks = _chunks(shape[0], chunk)
-    patch = result.patch_shifts
     grid: PatchGrid | None = result.patch_grid
-
-    def parts(t0: int, t1: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return result.shifts[t0:t1], None if patch is None else patch[t0:t1]
-
     if out is None:
         corrected = np.empty(shape, dtype=np.float32)
         for t0, t1 in chunks:
-            r, p = parts(t0, t1)
+            r, p = _shifts_of(result, t0, t1)
             corrected[t0:t1] = correct_block(_read(source, t0, t1), r, p, grid, mode)
         return corrected
     from ..store import Store
@@ -651,7 +659,8 @@ def apply_shifts(
     own_engine = not isinstance(engine, Engine)
     eng = as_engine(engine)
     try:
-        items = [(_piece(source, t0, t1), str(store.path), t0, t1, *parts(t0, t1), grid, mode) for t0, t1 in chunks]
+        items = [(_piece(source, t0, t1), str(store.path), t0, t1, *_shifts_of(result, t0, t1), grid, mode)
+                 for t0, t1 in chunks]
         eng.map(_apply_task, items, desc="motion: applying shifts", progress=progress, unit="chunk")
         return store.finalize()
     except BaseException:
@@ -675,17 +684,10 @@ def mean_after_shifts(
     sums come back, so the corrected movie is never held or written. A pixel that is NaN in
     every corrected frame (``border_mode="nan"``) is NaN.
     """
-    source = _as_source(source)
-    shape = tuple(int(s) for s in source.shape)
-    if shape != (result.n_frames, *result.dims):
-        raise ValueError(f"the movie has shape {shape} but the shifts are for {result.n_frames} frames of "
-                         f"{result.dims}; apply shifts only to a movie recorded with the same frames "
-                         "(e.g. the other channel of the same acquisition).")
+    source, _, chunks = _same_frames(source, result)
     mode = result.params.get("border_mode", "copy")
-    chunks = _chunks(shape[0], int(result.params.get("chunk_frames", 200)))
-    patch = result.patch_shifts
-    items = [(_piece(source, t0, t1), t0, t1, result.shifts[t0:t1], None if patch is None else patch[t0:t1],
-              result.patch_grid, mode) for t0, t1 in chunks]
+    items = [(_piece(source, t0, t1), t0, t1, *_shifts_of(result, t0, t1), result.patch_grid, mode)
+             for t0, t1 in chunks]
     own_engine = not isinstance(engine, Engine)
     eng = as_engine(engine)
     try:

@@ -118,7 +118,7 @@ def _read_image(path: Path, dims: tuple[int, ...]) -> np.ndarray | None:
         series = tif.series[0]
         if tuple(series.shape) == dims:
             return series.asarray()
-        if len(series.shape) == len(dims) and series.ndim == len(dims) and len(dims) == 2:
+        if series.ndim == len(dims) == 2:
             raise PipelineError(f"{str(path)!r} is an image of shape {tuple(series.shape)}, but the movie's frames "
                                 f"are {dims}. Fix: give the structural image in the frame of the movie (same shape).")
     return None
