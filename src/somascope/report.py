@@ -424,7 +424,8 @@ def _components_section(run: _Run) -> Section:
     silent = np.zeros(est.K, bool) if est.silent is None else np.asarray(est.silent, bool)
     active = run.accepted[~silent[run.accepted]]
     labels = active if active.size <= 150 else None
-    sets.append(OutlineSet("accepted", est.A[:, active], GREEN, "-", 1.0, labels=labels))
+    sets.append(OutlineSet("accepted, active" if silent.any() else "accepted", est.A[:, active], GREEN, "-", 1.0,
+                           labels=labels))
     if silent.any():
         sets.append(OutlineSet("silent (structural, no activity)", est.A[:, np.flatnonzero(silent)], AMBER, ":", 1.0))
     contour_figure(background, sets, est.dims, run.folder / "components.png", title="components",
