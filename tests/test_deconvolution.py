@@ -154,8 +154,15 @@ def test_noise_of_a_resampled_trace():
 def test_pixel_noise_reads_a_bounded_number_of_frames():
     from somascope.deconvolution.noise import NOISE_MAX_FRAMES, NOISE_SEGMENT_FRAMES, pixel_noise_frames
 
-    assert pixel_noise_frames(3000) == [(0, 3000)]
-    assert pixel_noise_frames(NOISE_MAX_FRAMES) == [(0, NOISE_MAX_FRAMES)]
+    # a short movie: every frame, in consecutive pieces of at most NOISE_SEGMENT_FRAMES
+    assert pixel_noise_frames(300) == [(0, 300)]
+    assert pixel_noise_frames(1000) == [(0, 500), (500, 1000)]
+    for T in (3000, NOISE_MAX_FRAMES):
+        ranges = pixel_noise_frames(T)
+        assert ranges[0][0] == 0 and ranges[-1][1] == T
+        assert all(b0 == a1 for (_, b0), (a1, _) in zip(ranges, ranges[1:]))
+        assert max(b - a for a, b in ranges) <= NOISE_SEGMENT_FRAMES
+        assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
     for T in (NOISE_MAX_FRAMES + 1, 21_000, 108_000):
         ranges = pixel_noise_frames(T)
         assert sum(b - a for a, b in ranges) <= NOISE_MAX_FRAMES  # does not grow with T

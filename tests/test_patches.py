@@ -531,8 +531,10 @@ class CountingSource:
 
 
 def test_a_patch_is_read_once_in_whole_chunks_binned_in_time(tmp_path, monkeypatch) -> None:
+    """One pass in whole chunks gives the binned patch and the noise of the given pieces."""
     from somascope.cnmf import patches
     from somascope.cnmf.initialization import downsample
+    from somascope.deconvolution.noise import estimate_noise_segments
 
     rng = np.random.default_rng(5)
     Y = rng.standard_normal((530, 40, 40)).astype(np.float32)
@@ -540,12 +542,12 @@ def test_a_patch_is_read_once_in_whole_chunks_binned_in_time(tmp_path, monkeypat
     patch = Patch(0, (slice(3, 35), slice(5, 29)), (slice(3, 35), slice(5, 29)))
     monkeypatch.setattr(patches, "_READ_ELEMENTS", 300 * 32 * 24)  # several reads
     src = CountingSource(store)
-    ranges = [(0, 20), (250, 300), (510, 530)]
-    binned, kept = patches._read_binned(src, patch, 5, ranges)
+    ranges = [(0, 20), (250, 300), (310, 320), (510, 530)]  # pieces inside one read and across reads
+    binned, sn = patches._read_binned(src, patch, 5, ranges, (0.25, 0.5), "mean")
     window = Y[(slice(None),) + patch.window]
     np.testing.assert_allclose(binned, downsample(window, 1, 5), rtol=1e-6, atol=1e-6)
-    for (a, b), seg in zip(ranges, kept):
-        np.testing.assert_array_equal(seg, window[a:b].reshape(b - a, -1))
+    np.testing.assert_allclose(sn, estimate_noise_segments([window[a:b].reshape(b - a, -1) for a, b in ranges]),
+                               rtol=1e-6)
     starts = [a for a, _ in src.requests]
     assert len(src.requests) > 1 and starts == sorted(starts)
     assert all(b0 == a1 for (_, b0), (a1, _) in zip(src.requests, src.requests[1:]))  # one pass

@@ -53,6 +53,8 @@ CORE_FRAC = 0.5
 BACKGROUND_CORR = 0.3
 #: Frames the temporal medians (baseline, noise) are taken over, at most.
 MEDIAN_FRAMES = 500
+#: Frames of the filtered movie thresholded at a time for the correlation image.
+CORR_CHUNK_FRAMES = 256
 #: Fewest background pixels for the local background trace (else none is used), and most used.
 MIN_BACKGROUND_PIXELS = 5
 BACKGROUND_PIXELS = 256
@@ -148,9 +150,8 @@ def greedy_corr(Y: np.ndarray, gSig: float | Sequence[float], gSiz: int | Sequen
     C = np.vstack(traces).astype(np.float32) if traces else np.zeros((0, T), np.float32)
     A, C = _normalize_columns(A, C)
     A = sp.csc_matrix(A, dtype=np.float32)
-    Yr = Y.reshape(T, P).T
-    resid = Yr - np.asarray(A @ C) if A.shape[1] else Yr
-    b, f = _background_or_empty(np.ascontiguousarray(resid, dtype=np.float32), nb)
+    # the background of what the components leave (Y − A·C is never formed)
+    b, f = _background_or_empty(Y.reshape(T, P).T, nb, **({"A": A, "C": C} if A.shape[1] else {}))
     log.info("GreedyCorr: %d components (min_corr %.2f, min_pnr %.1f)", A.shape[1], min_corr, min_pnr)
     return Initialization(A=A, C=np.ascontiguousarray(C, np.float32), b=np.asarray(b, np.float32),
                           f=np.asarray(f, np.float32), center=_centers_of_mass(A, (H, W)),
@@ -220,12 +221,17 @@ def _pnr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
 
 def _thresholded_corr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """8-neighbour correlation image (:func:`somascope.summary.correlation_image`) of ``F``
-    (``T × h × w``) with values below ``NOISE_THR · sigma`` set to 0."""
-    from somascope.summary import correlation_image
+    """8-neighbour correlation image (as :func:`somascope.summary.correlation_image`) of ``F``
+    (``T × h × w``) with values below ``NOISE_THR · sigma`` set to 0, accumulated over chunks
+    of :data:`CORR_CHUNK_FRAMES` frames (no thresholded copy of the movie)."""
+    from somascope.summary import _Moments, neighbour_offsets
 
-    return correlation_image(np.where(F >= NOISE_THR * sigma, F, np.float32(0.0)).astype(np.float32, copy=False),
-                             neighbours=8)
+    moments = _Moments(F.shape[1:], neighbour_offsets(2, 8))
+    floor = (NOISE_THR * sigma).astype(np.float32)
+    for t0 in range(0, F.shape[0], CORR_CHUNK_FRAMES):
+        chunk = F[t0:t0 + CORR_CHUNK_FRAMES]
+        moments.add(np.where(chunk >= floor, chunk, np.float32(0.0)))
+    return moments.correlation()
 
 
 def _pair(value: float | Sequence[float], kind: type) -> tuple[Any, Any]:

@@ -7,18 +7,20 @@ neighbours overlapping by ``stride`` px; ``patch.border_pix`` px at every edge a
 patch window once, in whole Store chunks of frames (no movie data passes through the
 scheduler). It keeps only the patch binned in time (:func:`patch_tsub` frames per bin:
 ``patch.p_tsub``, more for a recording longer than ``MAX_INIT_FRAMES · p_tsub`` frames, so that
-there are never more than :data:`MAX_INIT_FRAMES` bins) and the full-rate frames of the noise
-segments (:func:`somascope.deconvolution.noise.pixel_noise_frames`: every frame of a movie up to
-4,096 frames, evenly spaced segments of a longer one), so a task's time and memory stop growing
-with the recording. It estimates each pixel's noise from those frames and initialises
-components on the binned patch (``init.method``, ``init.K`` per patch, space downsampled by
-``patch.p_ssub``, ``patch.nb_patch`` background components), their traces brought back to
-every frame. With ``patch.only_init=False`` it instead runs the whole CNMF on the full-rate
-patch (AR order ``patch.p_patch``; the patch is held in memory). Each patch then screens its
-components on the full-rate frames it kept, each noise segment taken as a recording of its
-own: those whose trace SNR or spatial consistency falls to ``quality.SNR_lowest`` /
-``quality.rval_lowest`` in every segment are dropped (clearly not cells; a component's SNR
-grows with the frames it is measured over, so a long recording is screened like a short one).
+there are never more than :data:`MAX_INIT_FRAMES` bins), and estimates each pixel's noise as
+it reads, one piece of frames at a time
+(:func:`somascope.deconvolution.noise.pixel_noise_frames`: pieces of at most 512 frames
+covering a movie of up to 4,096 frames, evenly spaced segments of a longer one), so a task's
+time and memory stop growing with the recording. It initialises components on the binned
+patch (``init.method``, ``init.K`` per patch, space downsampled by ``patch.p_ssub``,
+``patch.nb_patch`` background components), their traces brought back to every frame. With
+``patch.only_init=False`` it instead runs the whole CNMF on the full-rate patch (AR order
+``patch.p_patch``; the patch is held in memory). Each patch then screens its components on
+the full-rate frames, read again a chunk at a time (:func:`screen_ranges`: the whole movie, or
+each noise segment of a long one taken as a recording of its own): those whose trace SNR or
+spatial consistency falls to ``quality.SNR_lowest`` / ``quality.rval_lowest`` in every range
+are dropped (clearly not cells; a component's SNR grows with the frames it is measured over,
+so a long recording is screened like a short one).
 A patch keeps only the components whose centre lies in the part of the patch it *owns*: the
 overlaps are split down the middle, so the owned parts tile the field of view. A neuron whose
 centre is owned by a patch lies whole in it whenever ``stride`` is at least a neuron's
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Patch", "PatchResult", "patch_grid", "patch_tsub", "run_patches", "combine_patches"]
+__all__ = ["Patch", "PatchResult", "patch_grid", "patch_tsub", "screen_ranges", "run_patches", "combine_patches"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,9 @@ BACKGROUND_ITERATIONS = 30
 #: ``MAX_INIT_FRAMES · patch.p_tsub`` frames the bins grow with the recording, so that the
 #: initialisation's time and memory stop growing (CaImAn's ``tsub``, chosen from the length).
 MAX_INIT_FRAMES = 3000
-#: Float32 values a patch task reads from the Store at a time (≈ 64 MiB).
-_READ_ELEMENTS = 16 * 2**20
+#: Float32 values a patch task reads from the Store at a time (≈ 16 MiB; whole Store chunks
+#: of frames, at least one): two reads are alive at once (one read ahead).
+_READ_ELEMENTS = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,7 @@ def patch_tsub(n_frames: int, p_tsub: int) -> int:
 def _fit_patch(item: tuple[Any, Patch, Any, Any]) -> PatchResult:
     """Read one patch, initialise (or fit) it, screen and keep what it owns (and what lies in
     its part of the field-of-view mask, when one is given)."""
-    from somascope.deconvolution.noise import estimate_noise_segments, pixel_noise_frames
+    from somascope.deconvolution.noise import pixel_noise_frames
 
     from .fit import _fit
     from .initialization import initialize
@@ -243,35 +246,29 @@ def _fit_patch(item: tuple[Any, Patch, Any, Any]) -> PatchResult:
         params = params.replace(K=components_per_fov(params, patch.shape))
     if not params.patch.only_init:
         pp = _patch_params(params, params.patch.p_tsub)
-        Y, _ = _read_binned(source, patch, 1, [])
-        sn = estimate_noise_segments([Y[t0:t1].reshape(t1 - t0, -1) for t0, t1 in pixel_noise_frames(T)],
-                                     dec.noise_range, dec.noise_method)
+        Y, sn = _read_binned(source, patch, 1, pixel_noise_frames(T), dec.noise_range, dec.noise_method)
         est = _fit(Y, pp, seed_masks=None, engine=None, progress=False, allow_refit=False,
                    evaluate=False, patches=False)
         A, C, b, f = est.A, est.C, est.b, est.f
         keep = _screen(Y, A, C, b, f, pp) if A.shape[1] else np.zeros(0, np.int64)
     else:
-        # one pass over the patch in whole Store chunks, keeping the time-binned movie and
-        # the full-rate frames of the noise segments (all frames of a movie up to
-        # NOISE_MAX_FRAMES), never the whole full-rate patch of a long recording
+        # one pass over the patch in whole Store chunks, keeping the time-binned movie (at most
+        # MAX_INIT_FRAMES bins) and estimating each pixel's noise piece by piece as it is read
         tsub = patch_tsub(T, params.patch.p_tsub)
         pp = _patch_params(params, tsub)
-        ranges = pixel_noise_frames(T)
-        binned, segments = _read_binned(source, patch, tsub, ranges)
-        sn = estimate_noise_segments(segments, dec.noise_range, dec.noise_method)
+        binned, sn = _read_binned(source, patch, tsub, pixel_noise_frames(T), dec.noise_range,
+                                  dec.noise_method)
         init = initialize(binned, pp, n_frames=T)
         A, C, b, f = init.A, init.C, init.b, init.f
-        del binned
-        # the screen looks at the full-rate frames kept: each segment as a recording of its
-        # own (a component passes when it passes in one of them), so that a long recording's
-        # components are judged as a short one's are — the trace SNR of the same component
-        # grows with the number of frames it is measured over
+        del binned, init
+        # the screen reads the full-rate frames again, a chunk at a time: each screened range
+        # as a recording of its own (a component passes when it passes in one of them), so
+        # that a long recording's components are judged as a short one's are — the trace SNR
+        # of the same component grows with the number of frames it is measured over
         keep = np.zeros(0, np.int64)
-        for (t0, t1), seg in zip(ranges, segments):
-            if A.shape[1]:
-                keep = np.union1d(keep, _screen(seg.reshape((-1,) + patch.shape), A, C[:, t0:t1], b,
-                                                f[:, t0:t1], pp))
-        del segments
+        for t0, t1 in screen_ranges(T) if A.shape[1] else []:
+            keep = np.union1d(keep, _screen(_Window(source, patch, t0, t1), A, C[:, t0:t1], b,
+                                            f[:, t0:t1], pp))
     n_found = int(A.shape[1])
     n_screened = n_found - keep.size
     if keep.size:
@@ -286,15 +283,18 @@ def _fit_patch(item: tuple[Any, Patch, Any, Any]) -> PatchResult:
                        n_screened=n_screened)
 
 
-def _read_binned(source: Any, patch: Patch, tsub: int, segments: list[tuple[int, int]]
-                 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The patch's movie binned over ``tsub`` frames, and its frames in ``segments``.
+def _read_binned(source: Any, patch: Patch, tsub: int, noise_frames: list[tuple[int, int]],
+                 noise_range: Any, noise_method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The patch's movie binned over ``tsub`` frames, and the noise of each of its pixels.
 
     Returns ``ceil(T / tsub) × *patch.shape`` float32 (block means; ``tsub=1``: the patch
-    itself) and one ``(stop − start) × pixels`` float32 array per segment. The source is read
-    once, in whole Store chunks of about :data:`_READ_ELEMENTS` values, so that the memory
-    held is the binned movie and the segments, not the full-rate patch.
+    itself) and the noise standard deviation of every pixel (float64, C order of the patch),
+    estimated over the pieces ``noise_frames`` (:func:`estimate_noise_segments`). The source
+    is read once, in whole Store chunks of about :data:`_READ_ELEMENTS` values; a piece of
+    noise frames is held only until it is complete, so the memory held is the binned movie,
+    whatever the length of the recording.
     """
+    from somascope.deconvolution.noise import estimate_noise_segments
     from somascope.io.chunks import aligned_chunk_frames, frame_ranges, read_ahead
 
     from .initialization import downsample
@@ -305,21 +305,64 @@ def _read_binned(source: Any, patch: Patch, tsub: int, segments: list[tuple[int,
     step = aligned_chunk_frames(source, _READ_ELEMENTS // max(n_px, 1))
     step = max(unit, (step // unit) * unit)
     binned = np.empty((-(-T // tsub),) + shape, np.float32)
-    kept = [np.empty((t1 - t0, n_px), np.float32) for t0, t1 in segments]
-    ranges = frame_ranges(T, step)
-    for t0, t1, block in read_ahead(lambda a, b: np.asarray(source[(slice(a, b),) + patch.window],
-                                                            dtype=np.float32), ranges):
-        if not np.isfinite(block).all():
-            t_bad = t0 + int(np.argwhere(~np.isfinite(block))[0][0])
-            raise ValueError(f"the movie contains NaN or infinite values (first in frame {t_bad}, "
-                             f"patch {_describe(patch)}). Fix: motion-correct with border_mode="
-                             "'copy' or 'zero', or set patch.border_pix to skip the borders.")
-        for (s0, s1), out in zip(segments, kept):
-            lo, hi = max(s0, t0), min(s1, t1)
-            if lo < hi:
-                out[lo - s0:hi - s0] = block[lo - t0:hi - t0].reshape(hi - lo, n_px)
-        binned[t0 // tsub:-(-t1 // tsub)] = block if tsub == 1 else downsample(block, 1, tsub)
-    return binned, kept
+
+    def pieces() -> Any:  # reads the whole patch, fills `binned`, yields each noise piece once complete
+        todo = list(noise_frames)
+        piece = None
+        for t0, t1, block in read_ahead(lambda a, b: np.asarray(source[(slice(a, b),) + patch.window],
+                                                                dtype=np.float32), frame_ranges(T, step)):
+            if not np.isfinite(block).all():
+                t_bad = t0 + int(np.argwhere(~np.isfinite(block))[0][0])
+                raise ValueError(f"the movie contains NaN or infinite values (first in frame {t_bad}, "
+                                 f"patch {_describe(patch)}). Fix: motion-correct with border_mode="
+                                 "'copy' or 'zero', or set patch.border_pix to skip the borders.")
+            binned[t0 // tsub:-(-t1 // tsub)] = block if tsub == 1 else downsample(block, 1, tsub)
+            while todo and todo[0][0] < t1:
+                s0, s1 = todo[0]
+                if piece is None:
+                    piece = np.empty((s1 - s0, n_px), np.float32)
+                lo, hi = max(s0, t0), min(s1, t1)
+                piece[lo - s0:hi - s0] = block[lo - t0:hi - t0].reshape(hi - lo, n_px)
+                if s1 > t1:
+                    break
+                todo.pop(0)
+                yield piece
+                piece = None
+
+    sn = estimate_noise_segments(pieces(), noise_range, noise_method)
+    return binned, sn
+
+
+class _Window:
+    """Frames ``start:stop`` of a patch's window of a ``T × *dims`` source, as a movie
+    ``(stop − start) × *patch.shape`` read a range of frames at a time (float32)."""
+
+    def __init__(self, source: Any, patch: Patch, start: int, stop: int) -> None:
+        self.source, self.patch, self.start, self.stop = source, patch, int(start), int(stop)
+        self.shape = (self.stop - self.start,) + patch.shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+        self.time_chunk = getattr(source, "time_chunk", None)  # reads aligned to the Store's chunks
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a patch window is read by ranges of frames (window[a:b]).")
+        a, b, _ = key.indices(self.shape[0])
+        return np.asarray(self.source[(slice(self.start + a, self.start + b),) + self.patch.window],
+                          dtype=np.float32)
+
+
+def screen_ranges(n_frames: int) -> list[tuple[int, int]]:
+    """The frame ranges a patch's screen judges its components on, each as a recording of its
+    own: the whole movie up to ``NOISE_MAX_FRAMES`` frames, else the evenly spaced segments of
+    :func:`somascope.deconvolution.noise.pixel_noise_frames`."""
+    from somascope.deconvolution import noise
+
+    n_frames = int(n_frames)
+    return [(0, n_frames)] if n_frames <= noise.NOISE_MAX_FRAMES else noise.pixel_noise_frames(n_frames)
 
 
 def _patch_params(params: Any, tsub: int) -> Any:
@@ -333,8 +376,11 @@ def _patch_params(params: Any, tsub: int) -> Any:
                                patch=dataclasses.replace(pp, rf=None))
 
 
-def _screen(Y: np.ndarray, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, params: Any) -> np.ndarray:
-    """Indices of the components that pass the patch's screen (``*_lowest`` thresholds)."""
+def _screen(Y: Any, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, params: Any) -> np.ndarray:
+    """Indices of the components that pass the patch's screen (``*_lowest`` thresholds).
+
+    ``Y`` is the patch's movie ``T × *patch.shape`` (an array or a :class:`_Window`), read in
+    chunks of about :data:`_READ_ELEMENTS` values."""
     from somascope.evaluation import evaluate_components
 
     from .estimates import Estimates
@@ -344,7 +390,10 @@ def _screen(Y: np.ndarray, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, 
                     b=np.asarray(b, np.float32), f=np.asarray(f, np.float32))
     screen = dataclasses.replace(params, quality=dataclasses.replace(
         q, min_SNR=q.SNR_lowest, rval_thr=q.rval_lowest, use_cnn=False, use_ecc=False, use_area=False))
-    ev = evaluate_components(est, Y, screen)
+    from somascope.io.chunks import aligned_chunk_frames
+
+    chunk = aligned_chunk_frames(Y, _READ_ELEMENTS // max(int(np.prod(Y.shape[1:])), 1))
+    ev = evaluate_components(est, Y, screen, chunk_frames=chunk)
     return np.sort(np.asarray(ev.idx_components, dtype=np.int64))
 
 

@@ -27,7 +27,7 @@ frequency, the band becomes ``noise_range · f_c / 0.5``, and σ² is the noise 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ EMPTY_BAND_DECADES = 12.0
 #: evenly spaced segments of :data:`NOISE_SEGMENT_FRAMES` frames beyond it, so its cost stops
 #: growing with the recording (CaImAn's ``max_num_samples_fft`` plays the same role).
 NOISE_MAX_FRAMES = 4096
+#: Longest piece of frames one periodogram of the pixel noise is taken over.
 NOISE_SEGMENT_FRAMES = 512
 
 
@@ -179,24 +180,29 @@ def estimate_noise_columns(
 def pixel_noise_frames(n_frames: int, max_frames: int | None = None) -> list[tuple[int, int]]:
     """The frame ranges ``[(start, stop), …]`` a pixel-noise estimate of a movie reads.
 
-    All frames when ``n_frames ≤ max_frames`` (default :data:`NOISE_MAX_FRAMES`); otherwise
-    ``max_frames // NOISE_SEGMENT_FRAMES``
-    segments of :data:`NOISE_SEGMENT_FRAMES` consecutive frames, evenly spaced from the first
-    frame to the last (the noise band lies far above a transient's frequencies, so a
-    segment's periodogram estimates the same variance as the whole recording's; spreading
-    the segments over the recording averages slow changes of the noise, e.g. bleaching).
+    A movie of up to ``max_frames`` frames (default :data:`NOISE_MAX_FRAMES`) is cut into
+    ``ceil(n_frames / NOISE_SEGMENT_FRAMES)`` consecutive pieces of (almost) equal length that
+    cover every frame; a longer one gives ``max_frames // NOISE_SEGMENT_FRAMES`` segments of
+    :data:`NOISE_SEGMENT_FRAMES` consecutive frames, evenly spaced from the first frame to the
+    last. The noise band lies far above a transient's frequencies, so a piece's periodogram
+    estimates the same variance as the whole recording's, and averaging pieces (Welch) is as
+    precise as one periodogram of all their frames; spreading the segments over a long
+    recording averages slow changes of the noise (e.g. bleaching). No piece is longer than
+    :data:`NOISE_SEGMENT_FRAMES`, so an estimate made while a movie is read holds one piece
+    at a time, whatever the length of the recording.
     """
     n_frames = int(n_frames)
     max_frames = NOISE_MAX_FRAMES if max_frames is None else int(max_frames)
     if n_frames <= max_frames:
-        return [(0, n_frames)]
+        bounds = np.round(np.linspace(0, n_frames, max(1, -(-n_frames // NOISE_SEGMENT_FRAMES)) + 1)).astype(int)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
     n_seg = max(1, max_frames // NOISE_SEGMENT_FRAMES)
     starts = np.round(np.linspace(0, n_frames - NOISE_SEGMENT_FRAMES, n_seg)).astype(int)
     return [(int(s), int(s) + NOISE_SEGMENT_FRAMES) for s in starts]
 
 
 def estimate_noise_segments(
-    segments: Sequence[np.ndarray],
+    segments: Iterable[np.ndarray],
     noise_range: Sequence[float] = (0.25, 0.5),
     method: str = "mean",
 ) -> np.ndarray:
@@ -204,16 +210,18 @@ def estimate_noise_segments(
 
     Each segment ``T_i × n`` (e.g. the ranges of :func:`pixel_noise_frames`) is estimated
     with :func:`estimate_noise_columns`; the variances are averaged with weights ``T_i``
-    (proportional to the frequency bins each contributes). Returns float64 ``(n,)``.
+    (proportional to the frequency bins each contributes). ``segments`` may be a generator:
+    one segment is held at a time. Returns float64 ``(n,)``.
     """
-    if not segments:
-        raise ValueError("estimate_noise_segments needs at least one segment of frames.")
-    total = np.zeros(int(np.shape(segments[0])[1]))
+    total: np.ndarray | None = None
     weight = 0
     for seg in segments:
         n = int(np.shape(seg)[0])
-        total += n * estimate_noise_columns(seg, noise_range, method) ** 2
+        var = n * estimate_noise_columns(seg, noise_range, method) ** 2
+        total = var if total is None else total + var
         weight += n
+    if total is None:
+        raise ValueError("estimate_noise_segments needs at least one segment of frames.")
     return np.sqrt(total / weight)
 
 

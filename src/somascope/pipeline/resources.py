@@ -193,14 +193,14 @@ class ResourceEstimate:
 
 
 def _patch_frames(T: int, params: Any) -> int:
-    """Frames of its window a CNMF patch task holds: the bins and the noise segments
+    """Frames of its window a CNMF patch task holds: the bins and one piece of noise frames
     (:mod:`somascope.cnmf.patches`), or every frame with ``patch.only_init=False``."""
     if not params.patch.only_init:
         return T
     from ..cnmf.patches import patch_tsub
-    from ..deconvolution.noise import pixel_noise_frames
+    from ..deconvolution.noise import NOISE_SEGMENT_FRAMES
 
-    return -(-T // patch_tsub(T, params.patch.p_tsub)) + sum(b - a for a, b in pixel_noise_frames(T))
+    return -(-T // patch_tsub(T, params.patch.p_tsub)) + min(T, NOISE_SEGMENT_FRAMES)
 
 
 def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, motion: bool,
@@ -213,7 +213,7 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
 
     - *work of one worker*: the largest of a motion chunk (``chunk_frames × F × 6``), a CNMF
       patch (``T_p × (2·rf+1)² × 4 × 4`` with ``T_p`` the frames a patch holds: its time bins
-      and noise segments, at most ~7,100 however long the movie) and a block of CNMF's blocked passes
+      and a piece of noise frames, at most ~3,500 however long the movie) and a block of CNMF's blocked passes
       (``2 × min(M, 64 MiB)``);
     - *driver*: the process (300 MB) + streaming passes (summary, quality:
       ``3 × min(M, 128 MiB)``) + traces ``k × T × 8 × 8`` with ``k = KEPT_FRACTION × K`` the
