@@ -158,6 +158,15 @@ def test_a_two_channel_movie_seeded_from_its_structural_channel(tmp_path, capsys
     again = sp.load_npz(tmp_path / "image" / "stages" / "seeds" / "masks.npz")
     assert again.shape == masks.shape and (again != masks).nnz == 0
 
+    # a refit (CNMF again from the accepted cells) keeps the structural flags
+    assert main(["run", movie, "--out", str(tmp_path / "image"), "--structural-image", str(image),
+                 "--set", "quality.refit=true", *common]) == 0
+    refit = load_results(tmp_path / "image" / "results.h5").estimates
+    assert refit.provenance.get("refit") and refit.seeded is not None and refit.silent is not None
+    assert refit.seeded.sum() >= 0.9 * est.seeded[acc].sum() and refit.silent.sum() >= 0.7 * flagged.size
+    assert refit.seeded[refit.silent].all()
+    assert set(refit.accepted_indices.tolist()) >= set(np.flatnonzero(refit.seeded).tolist())
+
     # refused before anything is written: the functional channel as structural, a wrong-shape image
     capsys.readouterr()
     assert main(["run", movie, "--out", str(tmp_path / "bad"), "--structural-channel", "0", *common]) == 2

@@ -322,7 +322,9 @@ def refit_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def run_refit(ctx: Any, folder: Path) -> Outcome:
-    """With ``quality.refit``: CNMF again seeded with the accepted footprints, evaluated again."""
+    """With ``quality.refit``: CNMF again seeded with the accepted footprints, evaluated again
+    (a structural run's cells marked ``seeded`` again against its masks, and ``silent`` ones
+    flagged, as in the quality stage)."""
     if not ctx.params.quality.refit:
         return Outcome("off (quality.refit is false)", [], {"estimates": None})
     est = ctx.estimates("quality")
@@ -335,7 +337,16 @@ def run_refit(ctx: Any, folder: Path) -> Outcome:
 
     new = refit(est, ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress,
                 evaluate=False)
+    masks = ctx.seed_masks() if est.seeded is not None else None
+    if new.K and masks is not None and masks.shape[1]:  # a structural run: its cells keep their flags
+        from ..cnmf.seeded import mark_seeds
+
+        new = mark_seeds(new, masks)
     new = evaluate_components(new, ctx.analysis_store(), ctx.params, progress=ctx.progress) if new.K else new
+    if new.K and masks is not None and masks.shape[1]:
+        from ..cnmf.seeded import silent_footprints
+
+        new = silent_footprints(new, masks, ctx.analysis_store(), progress=ctx.progress)
     return Outcome(f"refit {est.accepted_indices.size} seeds: " + _accept_detail(new),
                    _estimates_file(folder, new), {"estimates": new})
 
