@@ -75,8 +75,8 @@ parameter *not given* from these with the rules below (``r`` = neuron radius in 
   model); ``patch.nb_patch = nb`` if ``nb ≤ 0`` else 1; ``init.normalize_init`` = False for
   ``greedy_corr`` else True; ``patch.del_duplicates`` = ``is_1p``;
   ``init.sigma_smooth_snmf = (0.5,) * (ndim + 1)``; ``init.maxIter`` = 5 (1p: 2 — GreedyCorr's
-  footprints are regressions already; two HALS passes scored as well or better on the
-  one-photon family and ``dev_1p``, at 40 % of the refinement's cost).
+  footprints are regressions already; two HALS passes scored better on four of the seven
+  one-photon movies measured, worse on two, at 40 % of the refinement's cost).
 * ``motion.max_shifts = ceil(1.2·r)``; ``motion.strides`` = ``5·r`` rounded to a multiple
   of 8 px (at least 16: piecewise-rigid patches of 48 px for 6 px neurons; with 10·r, warps of
   2–3 px over ~40 px cost a fifth of the F1 of non-rigid hard movies); ``motion.overlaps =

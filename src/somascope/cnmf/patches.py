@@ -382,6 +382,7 @@ def _screen(Y: Any, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, params:
     ``Y`` is the patch's movie ``T × *patch.shape`` (an array or a :class:`_Window`), read in
     chunks of about :data:`_READ_ELEMENTS` values."""
     from somascope.evaluation import evaluate_components
+    from somascope.io.chunks import aligned_chunk_frames
 
     from .estimates import Estimates
 
@@ -390,8 +391,6 @@ def _screen(Y: Any, A: Any, C: np.ndarray, b: np.ndarray, f: np.ndarray, params:
                     b=np.asarray(b, np.float32), f=np.asarray(f, np.float32))
     screen = dataclasses.replace(params, quality=dataclasses.replace(
         q, min_SNR=q.SNR_lowest, rval_thr=q.rval_lowest, use_cnn=False, use_ecc=False, use_area=False))
-    from somascope.io.chunks import aligned_chunk_frames
-
     chunk = aligned_chunk_frames(Y, _READ_ELEMENTS // max(int(np.prod(Y.shape[1:])), 1))
     ev = evaluate_components(est, Y, screen, chunk_frames=chunk)
     return np.sort(np.asarray(ev.idx_components, dtype=np.int64))
