@@ -184,6 +184,21 @@ def test_seed_images_peak_on_the_active_cell() -> None:
 # ----------------------------------------------------------------------------- CNMF with the ring
 
 
+def test_greedy_corr_correlation_image_over_chunks_equals_the_whole_movie_s() -> None:
+    """The thresholded correlation image GreedyCorr accumulates chunk by chunk (no thresholded
+    copy of the movie) is the correlation image of the whole thresholded movie."""
+    from somascope.cnmf.greedy_corr import CORR_CHUNK_FRAMES, NOISE_THR, _thresholded_corr
+    from somascope.summary import correlation_image
+
+    rng = np.random.default_rng(0)
+    T = 3 * CORR_CHUNK_FRAMES + 17
+    F = (rng.standard_normal((T, 30, 40)) + np.linspace(0, 3, T)[:, None, None] * rng.random((30, 40)))
+    F = F.astype(np.float32)
+    sigma = np.full((30, 40), 0.5, np.float32)
+    whole = correlation_image(np.where(F >= NOISE_THR * sigma, F, 0).astype(np.float32), neighbours=8)
+    np.testing.assert_allclose(_thresholded_corr(F, sigma), whole, atol=1e-5)
+
+
 def test_fit_one_photon_recovers_cells_under_a_large_background() -> None:
     from somascope.metrics import match_footprints
 

@@ -228,9 +228,14 @@ def _thresholded_corr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
     moments = _Moments(F.shape[1:], neighbour_offsets(2, 8))
     floor = (NOISE_THR * sigma).astype(np.float32)
+    centre = None
     for t0 in range(0, F.shape[0], CORR_CHUNK_FRAMES):
         chunk = F[t0:t0 + CORR_CHUNK_FRAMES]
-        moments.add(np.where(chunk >= floor, chunk, np.float32(0.0)))
+        data = np.where(chunk >= floor, chunk, np.float32(0.0))
+        if centre is None:  # the moments are of centred data (on the first chunk's mean), as in the summary
+            centre = data.mean(axis=0, dtype=np.float64).astype(np.float32)
+        data -= centre
+        moments.add(data)
     return moments.correlation()
 
 
