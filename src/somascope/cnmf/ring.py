@@ -10,9 +10,10 @@ The ring (radius ``init.ring_size_factor × gSiz / 2``, :func:`ring_radius`) lie
 a neuron centred on ``p``, so the prediction carries the background that the neuron shares
 with its surroundings and none of the neuron's own signal. ``W`` is sparse (one ring of
 weights per pixel) and fitted by ridge-regularised least squares on the residual with the
-known components removed (:func:`fit_ring_weights`). To scale, the fit runs on a grid
-downsampled ``init.ssub_B`` times in space (block means) and on at most
-:data:`RING_FIT_BINS` time bins; the background is then brought back to full resolution by
+known components removed (:func:`fit_ring_weights`), each pixel on its frames without a
+transient, so that the weights learn the background and not a cell that is not yet known. To
+scale, the fit runs on a grid downsampled ``init.ssub_B`` times in space (block means) and on
+at most :data:`RING_FIT_BINS` time bins; the background is then brought back to full resolution by
 linear interpolation (the same interpolation as :func:`~somascope.cnmf.initialization.upsample`).
 
 :func:`fit_ring_model` makes one pass over a movie (array or Store, out of core) and returns a
@@ -49,6 +50,9 @@ RING_FIT_BINS = 1000
 MAX_RING_PIXELS = 64
 #: Ridge penalty of the weight fit, relative to the mean variance of a ring pixel.
 RIDGE = 1e-2
+#: A pixel's weights are fitted on the frames where it lies at most this many robust standard
+#: deviations above its median (:func:`fit_ring_weights`).
+QUIET_MAD = 3.0
 #: Pixels whose weights are solved in one batch.
 _BATCH = 512
 #: Float32 values read from the source at a time (≈ 128 MiB).
@@ -129,13 +133,22 @@ def ring_offsets(radius: float, max_pixels: int = MAX_RING_PIXELS) -> np.ndarray
     return off
 
 
-def fit_ring_weights(X: np.ndarray, radius: float, *, ridge: float = RIDGE) -> sp.csr_matrix:
+def fit_ring_weights(X: np.ndarray, radius: float, *, ridge: float = RIDGE,
+                     quiet_mad: float | None = QUIET_MAD) -> sp.csr_matrix:
     """Ring weights ``W`` (``pixels × pixels``, CSR) with ``X[:, p] ≈ Σ_q W[p, q] X[:, q]``.
 
     ``X`` is ``T × H × W``, zero mean over time at every pixel (the residual background);
     ``radius`` in pixels of ``X``. Each pixel's weights solve a ridge-regularised least
     squares problem over the ring pixels inside the frame (penalty ``ridge`` × their mean
     variance), in batches of pixels (batched normal equations).
+
+    With ``quiet_mad``, pixel ``p``'s fit uses only the frames where ``X[:, p]`` lies at most
+    ``quiet_mad`` robust standard deviations (1.4826 × median absolute deviation) above its
+    median: the background's own fluctuations, not the transients of a cell at ``p``. Fitted on
+    every frame, the weights learn to predict a cell's transients from the light it spreads
+    onto the ring (an out-of-focus halo, correlated neighbours) whenever it is not yet among
+    the known components removed from ``X``, and subtracting that prediction removes most of
+    the cell (docs/one-photon.md). None: every frame.
     """
     X = np.asarray(X, np.float32)
     if X.ndim != 3:
@@ -157,7 +170,12 @@ def fit_ring_weights(X: np.ndarray, radius: float, *, ridge: float = RIDGE) -> s
 
     def solve(s: int) -> None:
         e = min(s + _BATCH, P)
-        Z = Xp[neighbour[s:e]]  # b × n × T
+        Z = Xp[neighbour[s:e]]  # b × n × T (a copy)
+        if quiet_mad is not None:  # each pixel's frames without a transient at it (0/1 weights)
+            target = Xp[s:e]
+            med = np.median(target, axis=1, keepdims=True)
+            spread = 1.4826 * np.median(np.abs(target - med), axis=1, keepdims=True)
+            Z *= (target <= med + quiet_mad * spread)[:, None, :]
         G = np.matmul(Z, Z.transpose(0, 2, 1)).astype(np.float64)
         rhs = np.matmul(Z, Xp[s:e, :, None])[..., 0].astype(np.float64)
         count = np.maximum(inside[s:e].sum(axis=1), 1)
