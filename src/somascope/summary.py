@@ -1037,18 +1037,34 @@ def _pass2(
 ) -> tuple[np.ndarray, _Moments]:
     """Pass 2 over frames ``t0 .. t1 - 1``: ``(centre, moments)`` of the thresholded
     high-passed frames, centred on ``centre`` (their mean over the range's first chunk)."""
-    moments = _Moments(plan.frame_shape, plan.offsets)
+    def filtered() -> Any:
+        for _, chunk in _chunks(source, plan.chunk_frames, progress, desc, t0, t1):
+            chunk -= shift
+            data = highpass(chunk, plan.gSig)  # type: ignore[arg-type]
+            data -= base
+            yield data
+
+    return thresholded_moments(filtered(), floor, plan.frame_shape, plan.offsets)
+
+
+def thresholded_moments(chunks: Any, floor: np.ndarray, frame_shape: tuple[int, ...],
+                        offsets: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, _Moments]:
+    """``(centre, moments)`` of frames with the values below ``floor`` (frame-shaped) set to 0.
+
+    ``chunks`` yields float32 ``(t, *frame_shape)`` blocks of consecutive frames (not
+    modified); the moments (with the neighbour ``offsets``, for a correlation image) are of
+    the thresholded data centred on ``centre``, its mean over the first block.
+    """
+    moments = _Moments(frame_shape, offsets)
     centre: np.ndarray | None = None
-    for _, chunk in _chunks(source, plan.chunk_frames, progress, desc, t0, t1):
-        chunk -= shift
-        data = highpass(chunk, plan.gSig)  # type: ignore[arg-type]
-        data -= base
-        data[data < floor] = 0.0
+    for chunk in chunks:
+        data = np.where(chunk < floor, np.float32(0.0), chunk).astype(np.float32, copy=False)
         if centre is None:
             centre = data.mean(axis=0, dtype=np.float64).astype(np.float32)
         data -= centre
         moments.add(data)
-    assert centre is not None
+    if centre is None:
+        raise ValueError("thresholded_moments needs at least one block of frames.")
     return centre, moments
 
 

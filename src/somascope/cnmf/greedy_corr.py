@@ -224,18 +224,11 @@ def _thresholded_corr(F: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """8-neighbour correlation image (as :func:`somascope.summary.correlation_image`) of ``F``
     (``T × h × w``) with values below ``NOISE_THR · sigma`` set to 0, accumulated over chunks
     of :data:`CORR_CHUNK_FRAMES` frames (no thresholded copy of the movie)."""
-    from somascope.summary import _Moments, neighbour_offsets
+    from somascope.summary import neighbour_offsets, thresholded_moments
 
-    moments = _Moments(F.shape[1:], neighbour_offsets(2, 8))
     floor = (NOISE_THR * sigma).astype(np.float32)
-    centre = None
-    for t0 in range(0, F.shape[0], CORR_CHUNK_FRAMES):
-        chunk = F[t0:t0 + CORR_CHUNK_FRAMES]
-        data = np.where(chunk >= floor, chunk, np.float32(0.0))
-        if centre is None:  # the moments are of centred data (on the first chunk's mean), as in the summary
-            centre = data.mean(axis=0, dtype=np.float64).astype(np.float32)
-        data -= centre
-        moments.add(data)
+    chunks = (F[t0:t0 + CORR_CHUNK_FRAMES] for t0 in range(0, F.shape[0], CORR_CHUNK_FRAMES))
+    _, moments = thresholded_moments(chunks, floor, F.shape[1:], neighbour_offsets(2, 8))
     return moments.correlation()
 
 

@@ -301,19 +301,32 @@ def quality_depends(ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def run_quality(ctx: Any, folder: Path) -> Outcome:
     """Trace SNR and spatial consistency of every component → accepted / rejected."""
-    from ..evaluation import evaluate_components
-
     est = ctx.estimates("cnmf")
     if est.K:
-        est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress)
-        masks = ctx.seed_masks()
-        if masks is not None and masks.shape[1]:  # silent cells: their structural mask as footprint
-            from ..cnmf.seeded import silent_footprints
-
-            est = silent_footprints(est, masks, ctx.analysis_store(), progress=ctx.progress)
+        est = _evaluate(ctx, est)
     else:
         est = dataclasses.replace(est, idx_components=np.zeros(0, np.int64), idx_components_bad=np.zeros(0, np.int64))
     return Outcome(_accept_detail(est), _estimates_file(folder, est), {"estimates": est})
+
+
+def _evaluate(ctx: Any, est: Any, *, mark: bool = False) -> Any:
+    """``est`` evaluated on the analysis movie. In a structural run the silent cells' footprints
+    become their masks; with ``mark`` (a refit, whose fit did not know the masks) the components
+    are first marked ``seeded`` against the masks again, a lost mask put back."""
+    from ..evaluation import evaluate_components
+
+    masks = ctx.seed_masks()
+    structural = masks is not None and masks.shape[1] > 0
+    if structural and mark:
+        from ..cnmf.seeded import mark_seeds
+
+        est = mark_seeds(est, masks)
+    est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress)
+    if structural:
+        from ..cnmf.seeded import silent_footprints
+
+        est = silent_footprints(est, masks, ctx.analysis_store(), progress=ctx.progress)
+    return est
 
 
 # -- refit -----------------------------------------------------------------------------------
@@ -333,20 +346,10 @@ def run_refit(ctx: Any, folder: Path) -> Outcome:
                     "components")
         return Outcome("nothing to refit (no component accepted)", [], {"estimates": None})
     from ..cnmf import refit
-    from ..evaluation import evaluate_components
 
     new = refit(est, ctx.analysis_store(), ctx.params, engine=ctx.engine.get(), progress=ctx.progress,
                 evaluate=False)
-    masks = ctx.seed_masks() if est.seeded is not None else None
-    if new.K and masks is not None and masks.shape[1]:  # a structural run: its cells keep their flags
-        from ..cnmf.seeded import mark_seeds
-
-        new = mark_seeds(new, masks)
-    new = evaluate_components(new, ctx.analysis_store(), ctx.params, progress=ctx.progress) if new.K else new
-    if new.K and masks is not None and masks.shape[1]:
-        from ..cnmf.seeded import silent_footprints
-
-        new = silent_footprints(new, masks, ctx.analysis_store(), progress=ctx.progress)
+    new = _evaluate(ctx, new, mark=True) if new.K else new
     return Outcome(f"refit {est.accepted_indices.size} seeds: " + _accept_detail(new),
                    _estimates_file(folder, new), {"estimates": new})
 
