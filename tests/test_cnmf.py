@@ -299,6 +299,33 @@ def test_merging_respects_threshold_area_and_switch(tiny: simulate.Simulation, t
         find_merge_groups(est.A, est.C, 1.5)
 
 
+def test_trace_products_in_blocks_match_whole_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long recordings: merging's correlations, the spatial update's Gram matrix and the
+    temporal projection are formed a few rows or frames at a time, in float32 storage with
+    float64 sums; they equal the whole-array float64 results."""
+    from somascope.cnmf import merging, spatial
+
+    rng = np.random.default_rng(3)
+    C = (rng.gamma(2.0, 1.0, (7, 500)) + np.linspace(0, 3, 500)).astype(np.float32)
+    C[5] = 2.0  # a constant trace correlates 0 with everything
+    i, j = np.array([0, 1, 2, 4, 5]), np.array([3, 3, 6, 6, 0])
+    monkeypatch.setattr(merging, "_PAIR_ELEMENTS", 1100)  # two rows at a time
+    got = merging.pair_correlations(C, i, j)
+    want = [np.corrcoef(C[a].astype(np.float64), C[b].astype(np.float64))[0, 1] for a, b in zip(i[:4], j[:4])]
+    want.append(0.0)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    monkeypatch.setattr(spatial, "_GRAM_ELEMENTS", 50)  # 7 frames at a time
+    mean, V = spatial._centred_gram(C)
+    C64 = C.astype(np.float64)
+    centred = C64 - C64.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(mean, C64.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(V, centred @ centred.T, rtol=1e-9, atol=1e-9 * np.abs(V).max())
+    Y = rng.normal(size=(40, 6, 5)).astype(np.float32)
+    A = sp.random(30, 4, density=0.4, random_state=1, format="csc")
+    np.testing.assert_allclose(project_movie(Y, A, dtype=np.float32), project_movie(Y, A), rtol=1e-5, atol=1e-5)
+    assert project_movie(Y, A, dtype=np.float32).dtype == np.float32
+
+
 # ----------------------------------------------------------------------------- seeded
 
 

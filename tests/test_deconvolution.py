@@ -307,6 +307,12 @@ def test_many_traces_match_single_trace_calls():
     Y = np.stack([simulate(G1 if k % 2 else np.array([0.9]), 700, 0.04, 0.2, 1.0, seed=20 + k)[0] for k in range(5)])
     many = deconvolve_traces(Y.astype(np.float32), p=1, block_rows=2)
     assert many.C.shape == Y.shape and many.C.dtype == np.float32 and many.g.shape == (5, 1)
+    # by default a block holds at most _BLOCK_ELEMENTS values (a long recording: a few traces)
+    import somascope.deconvolution.constrained as constrained
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constrained, "_BLOCK_ELEMENTS", 2 * Y.shape[1])
+        np.testing.assert_array_equal(deconvolve_traces(Y.astype(np.float32), p=1).C, many.C)
     for k in (0, 3):
         one = deconvolve(Y[k].astype(np.float32))
         np.testing.assert_allclose(many.C[k], one.c, atol=1e-4 * np.abs(one.c).max())

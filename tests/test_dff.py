@@ -119,6 +119,26 @@ def test_chunking_gives_identical_results():
     np.testing.assert_array_equal(one, allc)
 
 
+def test_default_chunks_are_bounded_by_values_not_components(monkeypatch):
+    """A long recording's traces go through in blocks of a bounded number of values, in their
+    own dtype (no whole float64 copy); the result is the same."""
+    import somascope.dff as dff
+
+    A = footprints(K=3)
+    b = np.random.default_rng(8).uniform(1, 2, (A.shape[0], 2))
+    f = np.abs(np.random.default_rng(9).standard_normal((2, T))) + 1
+    C = sparse_transients(3, seed=10).astype(np.float32)
+    YrA = (0.01 * np.random.default_rng(11).standard_normal(C.shape)).astype(np.float32)
+    want = detrend_df_f(A, b, C.astype(np.float64), f, YrA.astype(np.float64), frames_window=150,
+                        chunk_components=3)
+    monkeypatch.setattr(dff, "CHUNK_ELEMENTS", T + 1)  # one component at a time
+    np.testing.assert_array_equal(detrend_df_f(A, b, C, f, YrA, frames_window=150), want)
+    bad = YrA.copy()
+    bad[2, 7] = np.inf
+    with pytest.raises(ValueError, match="YrA contains NaN or infinite values \\(first at component 2, frame 7\\)"):
+        detrend_df_f(A, b, C, f, bad)
+
+
 def test_df_over_f_of_raw_traces_and_detrend_only():
     F = 10.0 + sparse_transients(2, seed=11)
     out = df_over_f(F, flag_auto=False, quantile_min=5)

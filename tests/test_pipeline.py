@@ -21,6 +21,7 @@ from somascope import simulate
 from somascope.cli import main
 from somascope.cnmf.estimates import Estimates
 from somascope.pipeline import PipelineError, load_results, run
+from somascope.pipeline import stages
 from somascope.pipeline.stages import STAGE_NAMES
 
 DIMS = (64, 64)
@@ -156,15 +157,27 @@ def test_rerun_reuses_every_stage_and_from_reruns_the_rest(movie: tuple[Path, An
 
 
 def test_changed_parameters_rerun_exactly_the_stages_that_depend_on_them(movie: tuple[Path, Any], clean_run: Any,
-                                                                         tmp_path: Path) -> None:
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = movie
     out = _copy_run(clean_run, tmp_path)
+    in_memory: list[list[str]] = []
+    real_traces = stages.run_traces
+
+    def traces(ctx: Any, folder: Path) -> Any:  # which stages' Estimates the run holds meanwhile
+        in_memory.append(sorted(s for s, got in ctx._products.items() if got.get("estimates") is not None))
+        return real_traces(ctx, folder)
+
+    monkeypatch.setattr(stages, "run_traces", traces)
     strict = run(path, out, radius=RADIUS, engine="serial", progress=False, overrides={"min_SNR": 50.0,
                                                                                        "rval_thr": 0.99},
                  nwb=True)
     assert strict.reused == ["motion", "summary", "seeds", "background", "cnmf"]
     assert strict.computed == ["quality", "refit", "traces", "results"]
     assert strict.estimates.accepted_indices.size < clean_run.estimates.accepted_indices.size
+    # only the latest stage's components × frames arrays stay in memory (long recordings); the
+    # traces stage loaded the quality stage's from its folder
+    assert in_memory == [[]]
     assert strict.nwb_path is not None and strict.nwb_path.is_file()
     log = (out / "run.log").read_text()
     assert "params.quality changed (quality.min_SNR: 2.5 → 50.0" in log
@@ -219,7 +232,6 @@ def test_killed_or_failed_runs_resume_and_give_the_clean_result(movie: tuple[Pat
     stamp = (out / "stages" / "motion" / "manifest.json").stat().st_mtime_ns
 
     # 2. an exception in the quality stage, after it wrote into its folder
-    import somascope.pipeline.stages as stages
 
     def broken(ctx: Any, folder: Path) -> Any:
         (folder / "estimates.h5").write_bytes(b"half written")

@@ -34,6 +34,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter1d, percentile_filter
 
+#: Trace values (components × frames) processed at a time by :func:`detrend_df_f` (16 MiB of
+#: float64 per working array).
+CHUNK_ELEMENTS = 2 * 2**20
 _KDE_MIN_BINS = 64
 _KDE_MAX_BINS = 1 << 14
 
@@ -51,7 +54,7 @@ def detrend_df_f(
     use_residuals: bool = True,
     detrend_only: bool = False,
     stride: int | None = None,
-    chunk_components: int = 256,
+    chunk_components: int | None = None,
 ) -> np.ndarray:
     """ΔF/F of every component, background under its footprint included in F0.
 
@@ -83,17 +86,19 @@ def detrend_df_f(
     stride
         Frames between percentile evaluations with ``use_fast`` (default ``frames_window // 5``).
     chunk_components
-        Components processed together (memory: a few ``chunk × T`` float64 arrays).
+        Components processed together (memory: a few ``chunk × T`` float64 arrays); None:
+        as many as make :data:`CHUNK_ELEMENTS` values (16 MiB of float64 per array, however
+        long the recording).
 
     Returns
     -------
     float32 array ``K × T``. Entries whose baseline ``F0 <= 0`` are NaN (with a warning).
     """
-    C = _finite_2d(C, "C")
+    C = _traces_2d(C, "C")
     K, T = C.shape
     A = _footprints(A, K)
     if YrA is not None and use_residuals:
-        YrA = _finite_2d(YrA, "YrA")
+        YrA = _traces_2d(YrA, "YrA")
         if YrA.shape != C.shape:
             raise ValueError(f"YrA has shape {YrA.shape} but C has {C.shape}; they must match.")
     else:
@@ -132,11 +137,14 @@ def detrend_df_f(
                 "undefined; remove empty components before computing ΔF/F."
             )
         coef = np.asarray(A.T @ b_arr) / norms2[:, None]  # K × nb
-    chunk = _positive_int(chunk_components, "chunk_components")
+    chunk = (max(1, CHUNK_ELEMENTS // T) if chunk_components is None
+             else _positive_int(chunk_components, "chunk_components"))
     out = np.empty((K, T), dtype=np.float32)
     for k0 in range(0, K, chunk):
         rows = slice(k0, min(K, k0 + chunk))
-        F = C[rows] + YrA[rows] if YrA is not None else C[rows]
+        F = _finite_rows(C, rows, k0, "C")
+        if YrA is not None:
+            F += _finite_rows(YrA, rows, k0, "YrA")
         B = None if coef is None else coef[rows] @ f_arr
         out[rows] = df_over_f(
             F, B, quantile_min=quantile_min, frames_window=frames_window, flag_auto=flag_auto,
@@ -292,6 +300,30 @@ def _row_percentiles(X: np.ndarray, q: np.ndarray) -> np.ndarray:
     frac = pos - below
     rows = np.arange(X.shape[0])
     return ordered[rows, below] * (1.0 - frac) + ordered[rows, above] * frac
+
+
+def _traces_2d(x: object, name: str) -> np.ndarray:
+    """``x`` as a ``K × T`` array in its own dtype (no copy: checked for finite values a block of
+    rows at a time by :func:`_finite_rows`)."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be K × T traces, got shape {np.shape(x)}.")
+    if arr.shape[1] < 2:
+        raise ValueError(f"{name} has {arr.shape[1]} frames; ΔF/F needs at least 2.")
+    return arr
+
+
+def _finite_rows(x: np.ndarray, rows: slice, k0: int, name: str) -> np.ndarray:
+    """Rows ``rows`` of ``x`` as a new float64 array; an error names the first non-finite value
+    (``k0``: the component index of the first row)."""
+    block = np.array(x[rows], dtype=np.float64)
+    if not np.isfinite(block).all():
+        bad = np.argwhere(~np.isfinite(block))[0]
+        raise ValueError(
+            f"{name} contains NaN or infinite values (first at component {k0 + bad[0]}, frame {bad[1]}); "
+            "fix or drop those frames first."
+        )
+    return block
 
 
 def _finite_2d(x: object, name: str, allow_1d: bool = False) -> np.ndarray:

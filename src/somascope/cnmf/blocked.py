@@ -97,8 +97,9 @@ class BlockedMovie:
         return np.ravel_multi_index(tuple(g.ravel() for g in grids), self.dims).astype(np.int64)
 
     # -- passes ------------------------------------------------------------------------
-    def project(self, Ab: Any) -> np.ndarray:
-        """``Abᵀ·Y`` as ``M × T`` float64 for footprints ``Ab`` (pixels × M)."""
+    def project(self, Ab: Any, *, dtype: Any = np.float64) -> np.ndarray:
+        """``Abᵀ·Y`` as ``M × T`` (``dtype``) for footprints ``Ab`` (pixels × M); each block's
+        part is summed in float64."""
         Ab = sp.csr_matrix(Ab, dtype=np.float64)
         if Ab.shape[0] != self.n_pixels:
             raise ValueError(f"the footprints have {Ab.shape[0]} pixels; the movie has {self.n_pixels}.")
@@ -109,7 +110,7 @@ class BlockedMovie:
             cols = np.flatnonzero(np.diff(sub.indptr) > 0)
             if cols.size:
                 touched.append((blk, sp.csr_matrix(sub[:, cols]), cols))
-        out = np.zeros((M, T))
+        out = np.zeros((M, T), dtype)
         items = ((self.store, blk, sub, cols) for blk, sub, cols in touched)
         for _, (cols, part) in self._run(_project_block, items, "AᵀY", len(touched)):
             out[cols] += part
@@ -124,7 +125,7 @@ class BlockedMovie:
         the per-pixel sums of squares (if ``need_yy``, else None) and the per-pixel means.
         """
         P, T = self.n_pixels, self.n_frames
-        Cf = np.asarray(Cf, dtype=np.float64)
+        Cf = np.asarray(Cf)  # float32 or float64 as given: each block's traces are sent as float32
         indptr = np.asarray(indptr, dtype=np.int64)
         comp = np.asarray(comp, dtype=np.int64)
         U = np.zeros(comp.size)
@@ -142,7 +143,7 @@ class BlockedMovie:
         def items() -> Any:  # each block's traces (frames × its components) built when submitted
             for blk, _, local_indptr, entries in where:
                 used, local = np.unique(comp[entries], return_inverse=True)
-                CfT = np.ascontiguousarray(Cf[used].T)
+                CfT = np.ascontiguousarray(Cf[used].T, dtype=np.float32)
                 yield self.store, blk, local_indptr, local.astype(np.int64), CfT, need_yy
 
         for i, (u, s, q) in self._run(_statistics_block, items(), "Y·Cᵀ", len(where)):

@@ -273,11 +273,17 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
     dims = tuple(int(d) for d in movie.shape[1:])
     log.info("initialised %d components (%s)", init.K, init.method)
 
+    # components × frames arrays are hundreds of MB each on a long recording: every step below
+    # drops its inputs' references before the next one builds its outputs
+    if not structural:
+        start = None  # (a structural run keeps the seeded start to put lost masks back)
     with steps.step("spatial + temporal updates"):
         state = _State(A=init.A, C=init.C, b=init.b, f=init.f)
+        del init
         state = _update(Y, state, sn, params, engine)
     with steps.step("merging"):
         est = _to_estimates(state, dims, sn, params, input_path)
+        del state
         from .merging import merge_components
 
         for round_ in range(MERGE_ROUNDS):
@@ -286,15 +292,18 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
                 from .seeded import seed_labels
 
                 apart = seed_labels(est.A, masks)
-            merged = merge_components(est, params, keep_apart=apart)
+            # (merging does not need the spikes, and the update below makes new ones)
+            merged = merge_components(dataclasses.replace(est, S=None), params, keep_apart=apart)
             if merged.n_merged == 0 and round_ > 0:
                 break
             if merged.n_merged:
                 log.info("merged %d groups (%d components)", merged.n_merged,
                          sum(g.size for g in merged.groups))
-            m = merged.estimates
-            state = _update(Y, _State(A=m.A, C=m.C, b=m.b, f=m.f), sn, params, engine)
-            est = _to_estimates(state, dims, sn, params, input_path)
+            m = merged.estimates if merged.n_merged else est
+            start_state = _State(A=m.A, C=m.C, b=m.b, f=m.f)
+            del merged, m, est
+            est = _to_estimates(_update(Y, start_state, sn, params, engine), dims, sn, params, input_path)
+            del start_state
     if structural:
         from .seeded import mark_seeds
 
@@ -531,8 +540,9 @@ def _update(Y: np.ndarray, state: _State, sn: np.ndarray, params: Any, engine: A
     from .temporal import update_temporal
 
     up = update_spatial(Y, state.A, state.C, state.f, sn, params, b=state.b)
-    C = np.asarray(state.C)[up.kept]
+    C = np.asarray(state.C)
     if up.kept.size < state.A.shape[1]:
+        C = C[up.kept]
         log.info("spatial update: %d empty components removed", state.A.shape[1] - up.kept.size)
     tu = update_temporal(Y, up.A, up.b, C, state.f, params, engine=engine)
     return _State(A=up.A, C=tu.C, b=up.b, f=tu.f, temporal=tu)
@@ -550,7 +560,8 @@ def _to_estimates(state: _State, dims: tuple[int, ...], sn: np.ndarray, params: 
 
 
 def _normalised(est: Estimates) -> Estimates:
-    """Footprints and background footprints scaled to unit L2 norm; traces carry the scale."""
+    """Footprints and background footprints scaled to unit L2 norm; traces carry the scale
+    (``est``'s trace arrays are scaled in place: only for this module's own estimates)."""
     A = sp.csc_matrix(est.A, dtype=np.float64)
     norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0)).ravel())
     norms[norms == 0] = 1.0
@@ -558,8 +569,9 @@ def _normalised(est: Estimates) -> Estimates:
     scaled: dict[str, Any] = {"A": A}
     for name in ("C", "S", "YrA"):
         arr = getattr(est, name)
-        if arr is not None:
-            scaled[name] = (arr * norms[:, None]).astype(arr.dtype)
+        if arr is not None:  # in place: the traces are this fit's own (hundreds of MB each)
+            arr *= norms[:, None].astype(arr.dtype)
+            scaled[name] = arr
     for name in ("bl", "c1", "neurons_sn", "lam"):
         arr = getattr(est, name)
         if arr is not None:

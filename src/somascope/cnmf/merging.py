@@ -15,6 +15,8 @@ with OASIS like any other trace. Groups whose merged footprint would cover more 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +25,12 @@ import scipy.sparse as sp
 
 from .estimates import Estimates
 
-__all__ = ["MergeResult", "find_merge_groups", "merge_components"]
+__all__ = ["MergeResult", "find_merge_groups", "merge_components", "pair_correlations"]
 
 #: Alternating updates of the rank-1 factorisation of a group.
 RANK1_ITERATIONS = 30
-#: Pairs of traces correlated per chunk (bounds memory: chunk × T values).
-_PAIR_CHUNK = 2048
+#: Trace values (rows × frames) standardised or multiplied at a time (16 MiB of float64).
+_PAIR_ELEMENTS = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ def find_merge_groups(
 
     A = sp.csc_matrix(A)
     K = A.shape[1]
-    C = np.asarray(C, dtype=np.float64)
-    if C.shape[0] != K:
+    C = np.asarray(C)
+    if C.ndim != 2 or C.shape[0] != K:
         raise ValueError(f"C has {C.shape[0]} traces but A has K={K} components.")
     if not 0 < thr <= 1:
         raise ValueError(f"merge threshold {thr} must lie in (0, 1]; use e.g. 0.8.")
@@ -97,13 +99,7 @@ def find_merge_groups(
     i, j = overlap.row, overlap.col
     if i.size == 0:
         return []
-    centred = C - C.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(centred, axis=1)
-    unit = np.divide(centred, norm[:, None], out=np.zeros_like(centred), where=norm[:, None] > 0)
-    corr = np.empty(i.size)
-    for s in range(0, i.size, _PAIR_CHUNK):
-        e = min(i.size, s + _PAIR_CHUNK)
-        corr[s:e] = np.einsum("pt,pt->p", unit[i[s:e]], unit[j[s:e]])
+    corr = pair_correlations(C, i, j)
     linked = corr > thr
     if keep_apart is not None:
         lab = np.asarray(keep_apart, np.int64)
@@ -128,6 +124,33 @@ def find_merge_groups(
     return groups
 
 
+def pair_correlations(C: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the traces ``C[i[p]]`` and ``C[j[p]]`` for every pair ``p``.
+
+    ``C`` is ``K × T``. Only the traces that appear in a pair are standardised, a block of
+    rows at a time in float64 and kept as float32 (one float32 copy of those rows: a long
+    recording's traces are hundreds of MB); the pairs' products are taken
+    :data:`_PAIR_ELEMENTS` values at a time. Returns ``(n_pairs,)`` float64; 0 where a trace
+    is constant.
+    """
+    T = int(C.shape[1])
+    used, inv = np.unique(np.concatenate([i, j]), return_inverse=True)
+    unit = np.empty((used.size, T), np.float32)
+    rows = max(1, _PAIR_ELEMENTS // max(T, 1))
+    for r0 in range(0, used.size, rows):
+        block = np.asarray(C[used[r0:r0 + rows]], dtype=np.float64)
+        block -= block.mean(axis=1, keepdims=True)
+        norm = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, norm, out=block, where=norm > 0)
+        unit[r0:r0 + rows] = block
+    ui, uj = inv[:i.size], inv[i.size:]
+    corr = np.empty(i.size)
+    for s in range(0, i.size, rows):
+        e = min(i.size, s + rows)
+        corr[s:e] = np.einsum("pt,pt->p", unit[ui[s:e]], unit[uj[s:e]], dtype=np.float64)
+    return corr
+
+
 def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
                      keep_apart: np.ndarray | None = None, groups: list[np.ndarray] | None = None) -> MergeResult:
     """Merge overlapping, correlated components of ``est`` (see the module docstring).
@@ -135,7 +158,7 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
     ``est`` needs ``A`` and ``C``; ``YrA`` (residual traces) is used when present. The
     deconvolution fields of the merged components (``S``, ``bl``, ``c1``, ``neurons_sn``,
     ``g``, ``lam``) come from deconvolving their new traces; fields ``est`` does not hold stay
-    None. ``est`` is not modified.
+    None. ``est`` is not modified; without a group to merge, the result shares its arrays.
 
     Parameters
     ----------
@@ -166,45 +189,55 @@ def merge_components(est: Estimates, params: Any = None, *, engine: Any = None,
     else:
         groups = []
     if not groups:
-        return MergeResult(estimates=_clear_quality(est.select(np.arange(est.K))), groups=[])
+        return MergeResult(estimates=_clear_quality(est), groups=[])
 
     A = sp.csc_matrix(est.A, dtype=np.float64)
-    C = est.C.astype(np.float64)
-    raw = C if est.YrA is None else C + est.YrA.astype(np.float64)
     merged_a, merged_raw = [], []
-    for members in groups:
-        a, c = _rank1(A[:, members], raw[members])
+    for members in groups:  # raw traces of the groups' members only (float64)
+        raw = np.asarray(est.C[members], dtype=np.float64)
+        if est.YrA is not None:
+            raw += est.YrA[members]
+        a, c = _rank1(A[:, members], raw)
         merged_a.append(a)
         merged_raw.append(c)
     raw_new = np.vstack(merged_raw)
     dec = deconvolve_traces(raw_new, params=params.deconvolution)
 
     keep = np.setdiff1d(np.arange(est.K), np.concatenate(groups))
-    base = est.select(keep)
-    A_out = sp.hstack([base.A, sp.hstack(merged_a)], format="csc").astype(np.float32)
+    A_out = sp.hstack([A[:, keep], sp.hstack(merged_a)], format="csc").astype(np.float32)
 
-    def stack(name: str, new: np.ndarray, dtype: Any) -> np.ndarray | None:
-        old = getattr(base, name)
+    def stack(name: str, new: np.ndarray) -> np.ndarray | None:
+        """The kept components' rows of ``est.<name>`` then ``new``: one new array, no copy of
+        the kept rows on the way (a long recording's traces are hundreds of MB each)."""
+        old = getattr(est, name)
         if old is None:
             return None
-        return np.concatenate([old, new.astype(old.dtype if dtype is None else dtype)])
+        out = np.empty((keep.size + new.shape[0], *old.shape[1:]), old.dtype)
+        np.take(old, keep, axis=0, out=out[:keep.size])
+        out[keep.size:] = new
+        return out
 
     fields: dict[str, Any] = {
-        "C": stack("C", dec.C, None),
-        "S": stack("S", dec.S, None),
-        "YrA": stack("YrA", raw_new - dec.C, None),
-        "bl": stack("bl", dec.b, None),
-        "c1": stack("c1", dec.c1, None),
-        "neurons_sn": stack("neurons_sn", dec.sn, None),
-        "lam": stack("lam", dec.lam, None),
+        "C": stack("C", dec.C),
+        "S": stack("S", dec.S),
+        "YrA": stack("YrA", raw_new - dec.C),
+        "bl": stack("bl", dec.b),
+        "c1": stack("c1", dec.c1),
+        "neurons_sn": stack("neurons_sn", dec.sn),
+        "lam": stack("lam", dec.lam),
     }
-    if base.g is not None:
-        g_new = dec.g if dec.g.shape[1] == base.g.shape[1] else np.zeros((len(groups), base.g.shape[1]))
-        fields["g"] = np.concatenate([base.g, g_new.astype(base.g.dtype)])
+    if est.g is not None:
+        g_new = dec.g if dec.g.shape[1] == est.g.shape[1] else np.zeros((len(groups), est.g.shape[1]))
+        fields["g"] = stack("g", g_new)
+
+    def copied(arr: Any) -> Any:
+        return None if arr is None else arr.copy()
+
     merged = Estimates(
-        A=A_out, dims=est.dims, b=base.b, f=base.f, sn=base.sn, frame_rate=est.frame_rate,
-        params=base.params, software_version=est.software_version, seed=est.seed,
-        provenance=base.provenance, extra=base.extra, **fields,
+        A=A_out, dims=est.dims, b=copied(est.b), f=copied(est.f), sn=copied(est.sn),
+        frame_rate=est.frame_rate, params=copy.deepcopy(est.params),
+        software_version=est.software_version, seed=est.seed,
+        provenance=copy.deepcopy(est.provenance), extra=copy.deepcopy(est.extra), **fields,
     )
     return MergeResult(estimates=merged, groups=groups)
 
@@ -246,6 +279,6 @@ def _rank1(X: sp.csc_matrix, Z: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
 
 
 def _clear_quality(est: Estimates) -> Estimates:
-    for name in ("SNR_comp", "r_values", "cnn_preds", "idx_components", "idx_components_bad"):
-        setattr(est, name, None)
-    return est
+    """``est`` without its quality fields (a shallow copy: the arrays are shared)."""
+    return dataclasses.replace(est, SNR_comp=None, r_values=None, cnn_preds=None, idx_components=None,
+                               idx_components_bad=None)

@@ -50,6 +50,8 @@ DILATE_RADIUS = 2
 ELLIPSE_AXES = (0.6, 1.6)
 #: Relative noise budget of ``method_ls="nnls_L0"``: ‖residual‖² <= NNLS_L0_NOISE · sn² · T.
 NNLS_L0_NOISE = 1.2
+#: Trace values (rows × frames) summed at a time in float64 for the traces' Gram matrix (16 MiB).
+_GRAM_ELEMENTS = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,16 @@ def update_spatial(
         if region.shape[1] != K:
             raise ValueError(f"support has {region.shape[1]} columns but A has K={K} components.")
 
-    # one float64 (K [+ nb]) × T copy of the traces (hundreds of MB for a long recording)
-    Cf = np.empty((K + (nb if update_bg else 0), T))
+    # one float32 (K [+ nb]) × T copy of the traces (hundreds of MB for a long recording); the
+    # products with the movie are float32 already, the sums below run in float64
+    Cf = np.empty((K + (nb if update_bg else 0), T), np.float32)
     Cf[:K] = C
     if update_bg:
         Cf[K:] = f
     # Every pixel also gets a free constant (an intercept): the statistics are centred in time.
-    mean_cf = Cf.mean(axis=1)
-    V = Cf @ Cf.T - T * np.outer(mean_cf, mean_cf)
-    C64 = Cf[:K]  # a view
-    energy = np.sqrt([np.dot(row - m, row - m) for row, m in zip(C64, mean_cf[:K])])  # no K × T copy
+    mean_cf, V = _centred_gram(Cf)
+    C32 = Cf[:K]  # a view
+    energy = np.sqrt([np.dot(row - m, row - m) for row, m in zip(C32, mean_cf[:K])])  # a row at a time
     weight = energy if sp_par.normalize_yyt_one else np.full(K, energy.max(initial=0.0))
     nnls_l0 = sp_par.method_ls == "nnls_L0"
 
@@ -173,7 +175,7 @@ def update_spatial(
     if not update_bg and nb:
         # fixed background: remove b·f from the data, i.e. b_p·(f·Cᵀ) from U (centred)
         f64 = np.asarray(f, dtype=np.float64)
-        cross = (f64 - f64.mean(axis=1, keepdims=True)) @ C64.T  # (nb, K); centring C adds nothing
+        cross = (f64 - f64.mean(axis=1, keepdims=True)) @ C32.T  # (nb, K); centring C adds nothing
         U -= np.einsum("ej,je->e", b_in[rows], cross[:, system.comp])
     if yy is not None:
         yy = yy - T * ymean**2
@@ -444,6 +446,21 @@ class _PixelSystem:
         if self.nb:
             b[rows[~is_comp], self.comp[~is_comp] - K] = x[~is_comp]
         return A, b
+
+
+def _centred_gram(Cf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row means ``(M,)`` and centred Gram matrix ``(M, M)`` of traces ``Cf`` (``M × T``), summed
+    in float64 over :data:`_GRAM_ELEMENTS` values at a time."""
+    M, T = Cf.shape
+    total = np.zeros(M)
+    gram = np.zeros((M, M))
+    step = max(1, _GRAM_ELEMENTS // max(M, 1))
+    for t0 in range(0, T, step):
+        block = np.asarray(Cf[:, t0:t0 + step], dtype=np.float64)
+        total += block.sum(axis=1)
+        gram += block @ block.T
+    mean = total / max(T, 1)
+    return mean, gram - T * np.outer(mean, mean)
 
 
 def _sufficient_statistics(

@@ -34,6 +34,8 @@ __all__ = ["TemporalUpdate", "project_movie", "update_order", "update_temporal"]
 
 #: Traces per group above which deconvolution goes to the engine (if one is given).
 ENGINE_MIN_TRACES = 256
+#: Trace values (rows × frames) of the residuals' float64 products formed at a time (16 MiB).
+_ROW_ELEMENTS = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -133,15 +135,20 @@ def update_temporal(
         raise ValueError(f"components {bad.tolist()} have empty footprints; drop them before "
                          "the temporal update.")
     diag[diag <= 0] = 1.0
-    # the traces and residuals are the update's only (K + nb) × T arrays: float64, built in place
-    # (a long recording's traces are hundreds of MB each)
-    X = np.empty((K + nb, T))
+    # the traces X = [C; f] and residuals R are the update's only (K + nb) × T arrays: float32,
+    # built in place (a long recording's traces are hundreds of MB each); the sums that form
+    # them run in float64
+    X = np.empty((K + nb, T), np.float32)
     X[:K], X[K:] = C, f
     # R = raw − X for every row, kept up to date as rows change.
-    R = project_movie(Y2, Ab, params.temporal.block_size_temp)
-    R -= AA @ X
-    R /= diag[:, None]
-
+    R = project_movie(Y2, Ab, params.temporal.block_size_temp, dtype=np.float32)
+    AAr = sp.csr_matrix(AA)
+    rows = max(1, _ROW_ELEMENTS // max(T, 1))
+    for r0 in range(0, K + nb, rows):
+        r1 = min(K + nb, r0 + rows)
+        part = AAr[r0:r1] @ X
+        R[r0:r1] -= part
+        R[r0:r1] /= diag[r0:r1, None]
     out = _Outputs.empty(K, T, p)
     groups = update_order(A)
     g_fixed = g
@@ -157,29 +164,29 @@ def update_temporal(
                 engine=engine if (engine is not None and group.size >= ENGINE_MIN_TRACES) else None,
             )
             out.store(group, dec)
-            _apply(R, X, AA, diag, group, dec.C.astype(np.float64))
+            _apply(R, X, AA, diag, group, dec.C)
         if g_fixed is None and p > 0:
             g_fixed = out.g.copy()  # time constants from the first pass are kept
 
     return TemporalUpdate(
-        C=X[:K].astype(np.float32), S=out.S, YrA=R[:K].astype(np.float32),
-        f=X[K:].astype(np.float32), bl=out.bl, c1=out.c1, neurons_sn=out.sn, lam=out.lam,
+        C=X[:K], S=out.S, YrA=R[:K], f=X[K:], bl=out.bl, c1=out.c1, neurons_sn=out.sn, lam=out.lam,
         g=out.g,
     )
 
 
-def project_movie(Y: np.ndarray, A: Any, block: int = 5000) -> np.ndarray:
-    """``Aᵀ·Y`` as ``K × T`` float64: every footprint's weighted sum of each frame.
+def project_movie(Y: np.ndarray, A: Any, block: int = 5000, *, dtype: Any = np.float64) -> np.ndarray:
+    """``Aᵀ·Y`` as ``K × T`` (``dtype``, float64 by default): every footprint's weighted sum of
+    each frame.
 
     ``Y`` is ``T × *dims`` or ``T × pixels``; it is read ``block`` pixels at a time and each
     slab is multiplied with the footprints that touch it (:func:`project_slab`).
     """
     if hasattr(Y, "project"):  # a BlockedMovie: blocks read in parallel, out of core
-        return Y.project(A)
+        return Y.project(A, dtype=dtype)
     Y2 = _frames(Y) if np.ndim(Y) > 2 else np.asarray(Y)
     T, P = Y2.shape
     A = sp.csr_matrix(A, dtype=np.float64)
-    out = np.zeros((A.shape[1], T))
+    out = np.zeros((A.shape[1], T), dtype)
     block = max(1, int(block))
     for p0 in range(0, P, block):
         p1 = min(P, p0 + block)
@@ -269,8 +276,9 @@ class _Outputs:
 
 def _apply(R: np.ndarray, X: np.ndarray, AA: sp.csc_matrix, diag: np.ndarray, rows: np.ndarray,
            new: np.ndarray) -> None:
-    """Set ``X[rows] = new`` and update the residual traces of the rows they overlap (in place)."""
-    delta = new - X[rows]
+    """Set ``X[rows] = new`` and update the residual traces of the rows they overlap (in place;
+    the change is formed in float64)."""
+    delta = np.asarray(new, dtype=np.float64) - X[rows]
     X[rows] = new
     cols = sp.csr_matrix(AA[:, rows])
     touched = np.flatnonzero(np.diff(cols.indptr) > 0)

@@ -36,6 +36,8 @@ MAX_ITER = 30
 _G_ITERATIONS = 5
 _MIN_EVENT_FRAMES = 10
 _BLOCK_ROWS = 256
+#: Trace values (traces × frames) in one block of :func:`deconvolve_traces` (32 MiB of float64).
+_BLOCK_ELEMENTS = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -207,18 +209,20 @@ def deconvolve_traces(
     engine: Any = None,
     max_iter: int = MAX_ITER,
     exact: bool = True,
-    block_rows: int = _BLOCK_ROWS,
+    block_rows: int | None = None,
 ) -> DeconvolvedTraces:
     """Deconvolve every row of ``Y`` (K×T), in parallel over traces.
 
     Arguments are those of :func:`deconvolve`, per trace: ``g`` may be ``(p,)`` (shared)
     or ``(K, p)``; ``sn``, ``lam`` and ``b`` may be scalars or ``(K,)``. Noise levels and AR
     coefficients that are not given are estimated for all traces at once (batched FFTs).
-    The traces are solved with Numba threads (``engine=None``) or, in blocks of
-    ``block_rows`` traces, on a :class:`~somascope.parallel.Engine`. With
-    ``optimize_g > 0`` each trace goes through :func:`deconvolve`.
+    The traces are solved in blocks of ``block_rows`` traces (default: at most 256 and
+    :data:`_BLOCK_ELEMENTS` values), with Numba threads (``engine=None``) or on a
+    :class:`~somascope.parallel.Engine`. With ``optimize_g > 0`` each trace goes through
+    :func:`deconvolve`.
 
-    Memory: one float64 block of ``block_rows × T`` at a time besides the float32 outputs.
+    Memory: a few float64 blocks of ``block_rows × T`` besides the float32 outputs (``Y`` may
+    be float32: it is converted a block at a time).
     """
     opts = resolve_options(
         params,
@@ -235,9 +239,10 @@ def deconvolve_traces(
     if arr.ndim != 2:
         raise ValueError(f"Y must be traces of shape (K, T), got shape {arr.shape}.")
     K, T = arr.shape
-    for k0 in range(0, K, _BLOCK_ROWS):  # bad input fails here, before any work
-        as_traces(arr[k0 : k0 + _BLOCK_ROWS], "Y", min_frames=MIN_FRAMES)
-    block_rows = _positive_int(block_rows, "block_rows")
+    block_rows = (min(_BLOCK_ROWS, max(1, _BLOCK_ELEMENTS // max(T, 1))) if block_rows is None
+                  else _positive_int(block_rows, "block_rows"))
+    for k0 in range(0, K, block_rows):  # bad input fails here, before any work
+        as_traces(arr[k0 : k0 + block_rows], "Y", min_frames=MIN_FRAMES)
     max_iter = _positive_int(max_iter, "max_iter")
     G = _per_trace_g(g, opts, p, K)
     p_used = opts.p if G is None else G.shape[1]
@@ -253,24 +258,21 @@ def deconvolve_traces(
     out_sn = np.zeros(K)
     out_g = np.zeros((K, p_used))
     task = _BlockTask(opts, p_used, auto_lam, optimize_b, smin_mode, smin_val, max_iter, bool(exact))
-    items = []
-    for k0 in range(0, K, block_rows):
-        rows = slice(k0, min(K, k0 + block_rows))
-        items.append(
-            (
-                np.asarray(arr[rows]),
-                None if G is None else G[rows],
-                None if SN is None else SN[rows],
-                LAM[rows],
-                B0[rows],
-            )
-        )
+    starts = range(0, K, block_rows)
+
+    def items() -> Any:  # each block's traces taken when its task is submitted
+        for k0 in starts:
+            rows = slice(k0, min(K, k0 + block_rows))
+            yield (np.asarray(arr[rows]), None if G is None else G[rows], None if SN is None else SN[rows],
+                   LAM[rows], B0[rows])
+
     if engine is None:
-        results = [task(item) for item in items]
+        results = enumerate(task(item) for item in items())
     else:
-        results = engine.map(task, items, desc="deconvolve", unit="block", progress=False)
-    for k0, (Cb, Sb, bb, gb, lb, sb) in zip(range(0, K, block_rows), results):
-        rows = slice(k0, k0 + Cb.shape[0])
+        results = engine.imap(task, items(), desc="deconvolve", unit="block", progress=False,
+                              total=len(starts))
+    for i, (Cb, Sb, bb, gb, lb, sb) in results:  # each block's outputs stored as it comes
+        rows = slice(starts[i], starts[i] + Cb.shape[0])
         C[rows], S[rows], out_b[rows], out_g[rows], out_lam[rows], out_sn[rows] = (
             Cb, Sb, bb, gb, lb, sb,
         )

@@ -166,6 +166,11 @@ class RunContext:
         return self.stage_cache is not None and stage != "results"
 
     def remember(self, stage: str, products: Mapping[str, Any]) -> None:
+        """Keep ``stage``'s products; earlier stages' Estimates are let go (each stage reads only
+        its predecessor's, and :meth:`estimates` loads one again from its folder if asked): a
+        long recording's components × frames arrays are hundreds of MB each."""
+        for other in self._products.values():
+            other.pop("estimates", None)
         self._products[stage] = dict(products)
 
     def _product(self, stage: str, key: str) -> tuple[bool, Any]:

@@ -50,6 +50,8 @@ DFF_QUANTILE_MIN = 8.0
 DFF_WINDOW_SECONDS = 30.0
 #: Traces per engine task in the traces stage (fewer run with Numba threads in this process).
 TRACES_ENGINE_MIN = 512
+#: Components whose raw traces are summed at a time in the traces stage.
+RAW_BLOCK_ROWS = 16
 
 
 @dataclass
@@ -392,7 +394,8 @@ def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None,
     it is not in ``est.b · est.f`` — the ring model's mean image ``b0`` of one-photon data, whose
     CNMF ran on the movie without it; F0 of the ΔF/F then includes it.
 
-    The raw trace is kept: ``C_new + YrA_new == C + YrA`` (``YrA`` holds the baseline ``bl``).
+    The raw trace is kept: ``C_new + YrA_new == C + YrA`` to float32 rounding (``YrA`` holds the
+    baseline ``bl``).
     ``engine`` (an :class:`EngineHandle` or Engine) is used for :data:`TRACES_ENGINE_MIN` traces
     or more on a parallel engine; fewer run with Numba threads here.
     """
@@ -402,21 +405,25 @@ def final_traces(est: Any, params: Any, dff: dict[str, Any], engine: Any = None,
     if est.C is None or est.K == 0:
         T = 0 if est.C is None else est.C.shape[1]
         return dataclasses.replace(est, F_dff=np.zeros((0, T), np.float32)) if est.C is not None else est
-    raw = est.C.astype(np.float64) + (0.0 if est.YrA is None else est.YrA)
+    K, T = est.C.shape
     eng = None
-    if engine is not None and est.K >= TRACES_ENGINE_MIN and getattr(engine, "kind", "serial") != "serial":
+    if engine is not None and K >= TRACES_ENGINE_MIN and getattr(engine, "kind", "serial") != "serial":
         eng = engine.get() if hasattr(engine, "get") else engine
-    d = deconvolve_traces(raw, params=params.deconvolution, engine=eng)
-    C = d.C.astype(np.float32)
-    YrA = (raw - C).astype(np.float32)
     b, f = est.b, est.f
     if baseline is not None:
-        b, f = np.asarray(baseline, np.float32)[:, None], np.ones((1, C.shape[1]), np.float32)
-    F = detrend_df_f(est.A, b, C, f, YrA, quantile_min=dff["quantile_min"],
-                     frames_window=dff["frames_window"], flag_auto=dff["flag_auto"],
-                     use_residuals=dff["use_residuals"])
-    return dataclasses.replace(est, C=C, S=d.S.astype(np.float32), YrA=YrA, bl=d.b, g=d.g, c1=d.c1, lam=d.lam,
-                               neurons_sn=d.sn, F_dff=np.asarray(F, np.float32))
+        b, f = np.asarray(baseline, np.float32)[:, None], np.ones((1, T), np.float32)
+    # the raw traces, then (in place) the new residuals: with the outputs, four float32 K × T
+    # arrays (a long recording's are hundreds of MB each); the float64 work runs in blocks
+    YrA = np.empty((K, T), np.float32)
+    for k0 in range(0, K, RAW_BLOCK_ROWS):
+        blk = slice(k0, k0 + RAW_BLOCK_ROWS)
+        YrA[blk] = est.C[blk] if est.YrA is None else np.add(est.C[blk], est.YrA[blk], dtype=np.float64)
+    d = deconvolve_traces(YrA, params=params.deconvolution, engine=eng)
+    YrA -= d.C
+    F = detrend_df_f(est.A, b, d.C, f, YrA, quantile_min=dff["quantile_min"], frames_window=dff["frames_window"],
+                     flag_auto=dff["flag_auto"], use_residuals=dff["use_residuals"])
+    return dataclasses.replace(est, C=d.C, S=d.S, YrA=YrA, bl=d.b, g=d.g, c1=d.c1, lam=d.lam,
+                               neurons_sn=d.sn, F_dff=F)
 
 
 # -- results ---------------------------------------------------------------------------------
