@@ -74,6 +74,13 @@ SCHEDULER_PLACEHOLDER = "tcp://SCHEDULER-HOST:PORT"
 #: results travel back, few enough that the tasks' inputs stay small).
 IN_FLIGHT_PER_WORKER = 3
 
+#: Entries of Dask's low-level logs (``distributed.admin.low-level-log-length``, Dask's default
+#: 1000) in the clients and clusters an Engine starts. Those logs keep the messages that carried
+#: each task's inputs, two per task, so with the default a long run holds hundreds of finished
+#: tasks' inputs in this process (client and local scheduler): on 256² × 100,000 frames, +0.2 GB
+#: of motion chunks' templates by the end of motion correction. They only serve to debug Dask.
+LOW_LEVEL_LOG_LENGTH = 16
+
 
 def available_cores() -> int:
     """CPU cores this process may use (respects affinity masks and cgroup-limited sched sets)."""
@@ -268,6 +275,16 @@ def cluster_config(kind: str, settings: Mapping[str, Any] | None) -> Iterator[No
         yield
 
 
+@contextlib.contextmanager
+def _short_dask_logs() -> Iterator[None]:
+    """Within the block, Dask schedulers and workers are made with :data:`LOW_LEVEL_LOG_LENGTH`-entry
+    low-level logs."""
+    import dask.config
+
+    with dask.config.set({"distributed.admin.low-level-log-length": LOW_LEVEL_LOG_LENGTH}):
+        yield
+
+
 def _is_cluster(obj: Any) -> bool:
     """A Dask cluster object (``LocalCluster``, ``SLURMCluster``…): has a scheduler address and scales."""
     return hasattr(obj, "scheduler_address") and callable(getattr(obj, "scale", None))
@@ -370,16 +387,17 @@ class Engine:
 
         _quiet_dask_logs()
         env = {var: str(blas_threads) for var in THREAD_ENV_VARS}
-        self._cluster = LocalCluster(
-            n_workers=self.n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            memory_limit=memory_limit if memory_limit is not None else "auto",
-            dashboard_address=":0",  # a free port: two runs on one machine never collide
-            silence_logs=logging.ERROR,
-            env=env,
-        )
-        self._client = Client(self._cluster)
+        with _short_dask_logs():
+            self._cluster = LocalCluster(
+                n_workers=self.n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                memory_limit=memory_limit if memory_limit is not None else "auto",
+                dashboard_address=":0",  # a free port: two runs on one machine never collide
+                silence_logs=logging.ERROR,
+                env=env,
+            )
+            self._client = Client(self._cluster)
         self._owns_client = True
 
     def _connect(self, address: str) -> None:
@@ -387,7 +405,8 @@ class Engine:
 
         timeout = DEFAULT_CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
         try:
-            self._client = Client(address, timeout=f"{timeout}s")
+            with _short_dask_logs():  # this process's side (a running scheduler keeps its own config)
+                self._client = Client(address, timeout=f"{timeout}s")
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(
                 f"could not reach a Dask scheduler at {address!r} ({exc}); start one with "
@@ -413,10 +432,12 @@ class Engine:
         self.batch_system = name
         self.n_jobs = jobs
         self.n_workers = jobs * int(kwargs["processes"])
-        self._cluster = cls(**kwargs)
+        with _short_dask_logs():
+            self._cluster = cls(**kwargs)
         try:
             self._cluster.scale(jobs=jobs)
-            self._client = Client(self._cluster)
+            with _short_dask_logs():
+                self._client = Client(self._cluster)
             self._owns_client = True
             log.info("submitted %d %s job(s) of %d worker process(es) each; tasks start when the jobs run "
                      "(see %s)", jobs, name.upper(), kwargs["processes"], QUEUE_COMMANDS[name])

@@ -203,7 +203,7 @@ def combine_patches(results: list[PatchResult], dims: tuple[int, ...], params: A
     if missing.any():
         sn[missing] = np.median(sn[~missing]) if (~missing).any() else 1.0
     A = sp.hstack(A_cols, format="csc").astype(np.float32) if A_cols else sp.csc_matrix((P, 0), dtype=np.float32)
-    C = np.vstack(C_rows).astype(np.float32) if C_rows else np.zeros((0, T), np.float32)
+    C = np.concatenate(C_rows, axis=0, dtype=np.float32) if C_rows else np.zeros((0, T), np.float32)
     if not B_cols:
         return A, C, np.zeros((P, 0), np.float32), np.zeros((0, T), np.float32), sn
     inv_cover = np.divide(1.0, cover.ravel(), out=np.zeros(P), where=cover.ravel() > 0)
