@@ -236,7 +236,9 @@ class RunContext:
         return images
 
     def estimates(self, stage: str) -> Any:
-        """The Estimates a stage produced (None when it produced none, e.g. refit off)."""
+        """The Estimates a stage produced (None when it produced none, e.g. refit off): the ones
+        in memory when ``stage`` is the latest to have run, else a copy read from its folder that
+        the caller owns (not kept here: see :meth:`remember`)."""
         known, value = self._product(stage, "estimates")
         if known:
             return value
@@ -245,9 +247,7 @@ class RunContext:
             return None
         from ..cnmf.estimates import Estimates
 
-        est = Estimates.load(path)
-        self._products.setdefault(stage, {})["estimates"] = est
-        return est
+        return Estimates.load(path)
 
     def digests(self) -> dict[str, str]:
         return {name: m.get("digest", "") for name, m in self.manifests.items()}

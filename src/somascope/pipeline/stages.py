@@ -380,6 +380,7 @@ def run_traces(ctx: Any, folder: Path) -> Outcome:
         from ..cnmf.ring import load_ring_model
 
         baseline = load_ring_model(ctx.folder("background") / "ring.npz").b0
+    est = dataclasses.replace(est, S=None)  # made anew: the earlier spikes are let go first
     est = final_traces(est, ctx.params, dff_settings(ctx), engine=ctx.engine, baseline=baseline)
     return Outcome(f"{est.K} traces deconvolved (AR({ctx.params.deconvolution.p})), ΔF/F",
                    _estimates_file(folder, est), {"estimates": est})
