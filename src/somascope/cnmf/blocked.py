@@ -99,7 +99,7 @@ class BlockedMovie:
     # -- passes ------------------------------------------------------------------------
     def project(self, Ab: Any, *, dtype: Any = np.float64) -> np.ndarray:
         """``Abᵀ·Y`` as ``M × T`` (``dtype``) for footprints ``Ab`` (pixels × M); each block's
-        part is summed in float64."""
+        part is summed in float64 and comes back in ``dtype``."""
         Ab = sp.csr_matrix(Ab, dtype=np.float64)
         if Ab.shape[0] != self.n_pixels:
             raise ValueError(f"the footprints have {Ab.shape[0]} pixels; the movie has {self.n_pixels}.")
@@ -111,7 +111,7 @@ class BlockedMovie:
             if cols.size:
                 touched.append((blk, sp.csr_matrix(sub[:, cols]), cols))
         out = np.zeros((M, T), dtype)
-        items = ((self.store, blk, sub, cols) for blk, sub, cols in touched)
+        items = ((self.store, blk, sub, cols, np.dtype(dtype)) for blk, sub, cols in touched)
         for _, (cols, part) in self._run(_project_block, items, "AᵀY", len(touched)):
             out[cols] += part
         return out
@@ -196,12 +196,13 @@ def _read_block(store: Any, blk: tuple[slice, ...], t0: int, t1: int) -> np.ndar
 
 
 def _project_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``A_blockᵀ·Y_block`` for the components ``cols`` that touch the block: ``(cols, m × T)``."""
+    """``A_blockᵀ·Y_block`` for the components ``cols`` that touch the block: ``(cols, m × T)``,
+    summed in float64 and sent back in the dtype asked for."""
     from .temporal import project_slab
 
-    store, blk, A_sub, cols = item
+    store, blk, A_sub, cols, dtype = item
     found, part = project_slab(_chunks(store, blk), A_sub, int(store.shape[0]))
-    return cols[found], part
+    return cols[found], part.astype(dtype, copy=False)
 
 
 def _statistics_block(item: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -282,8 +282,10 @@ def _apply(R: np.ndarray, X: np.ndarray, AA: sp.csc_matrix, diag: np.ndarray, ro
     X[rows] = new
     cols = sp.csr_matrix(AA[:, rows])
     touched = np.flatnonzero(np.diff(cols.indptr) > 0)
-    if touched.size:
-        R[touched] -= (cols[touched] @ delta) / diag[touched, None]
+    step = max(1, _ROW_ELEMENTS // max(X.shape[1], 1))
+    for k0 in range(0, touched.size, step):  # a few rows' float64 products at a time
+        part = touched[k0:k0 + step]
+        R[part] -= (cols[part] @ delta) / diag[part, None]
 
 
 def _frames(Y: Any) -> Any:

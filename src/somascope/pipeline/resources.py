@@ -31,8 +31,9 @@ STREAM_COPIES = 3
 #: Block a worker reads in CNMF's blocked passes (``cnmf.blocked``: 64 MiB), and its copies.
 BLOCK_BYTES = 64 * 2**20
 BLOCK_COPIES = 2
-#: Copies of a K × T float64 array the driver holds while refining (C, S, YrA, AᵀY, work).
-TRACE_COPIES = 8
+#: Copies of a K × T float32 array the driver holds at once (merging: C, S, YrA and the merged
+#: C, YrA and standardised traces; the traces stage: C, YrA in, raw, C, S, ΔF/F out).
+TRACE_COPIES = 6
 #: Copies of the K × T float32 traces in the results (C, S, YrA, F_dff, raw, spare).
 RESULT_TRACE_COPIES = 6
 #: Components left after the patches' screen and merging, as a fraction of the most the
@@ -216,7 +217,7 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
       and a piece of noise frames, at most ~3,500 however long the movie) and a block of CNMF's blocked passes
       (``2 × min(M, 64 MiB)``);
     - *driver*: the process (300 MB) + streaming passes (summary, quality:
-      ``3 × min(M, 128 MiB)``) + traces ``k × T × 8 × 8`` with ``k = KEPT_FRACTION × K`` the
+      ``3 × min(M, 128 MiB)``) + traces ``k × T × 4 × 6`` with ``k = KEPT_FRACTION × K`` the
       components that survive the patches (``K`` without patches) + footprints ``K × (2·gSiz)² × 12``,
       plus ``2 × M`` when the field of view is fitted in one piece (``whole_fov_fit``: no
       ``patch.rf``, or a single patch);
@@ -236,7 +237,7 @@ def estimate_resources(shape: tuple[int, ...], params: Any, *, workers: int, mot
     kept = math.ceil(KEPT_FRACTION * K) if params.patch.rf is not None else K
     box = math.prod(min(2 * int(s), d) for s, d in zip(params.init.gSiz, dims))
     footprints = K * box * FOOTPRINT_NNZ_BYTES
-    traces = kept * T * 8 * TRACE_COPIES
+    traces = kept * T * 4 * TRACE_COPIES
     motion_work = min(int(params.motion.chunk_frames), T) * frame * MOTION_COPIES if motion else 0
     patch_work = 0
     if params.patch.rf is not None:
