@@ -496,7 +496,7 @@ def _traces_section(run: _Run) -> Section | None:
     if activity is not None:
         order = _pick_examples(run, run.accepted.size)
         what = "ΔF/F" if est.F_dff is not None else "denoised C"
-        activity_figure(activity[order], run.frame_rate, run.folder / "activity.png",
+        activity_figure(activity, run.frame_rate, run.folder / "activity.png", order=order,
                         label=f"{what} of the {order.size} accepted components, highest SNR at the top")
         figures.append(("activity.png", f"{what} of every accepted component over time (rows sorted by SNR, "
                                         "each scaled to its own 99.5th percentile)"))

@@ -30,6 +30,8 @@ GREEN, RED, BLUE, GREY, AMBER = "#2fbf4a", "#f04a3e", "#4aa3ff", "#9aa3ad", "#ff
 _TITLES = {"mean": "mean", "max": "max", "std": "standard deviation", "corr": "correlation",
            "max_corr": "max-correlation", "pnr": "peak-to-noise ratio", "corr_pnr": "correlation (high-passed)"}
 _GREY_IMAGES = ("mean", "max", "std")
+#: Trace values binned at a time by :func:`activity_figure` (16 MiB of float32).
+_BIN_ELEMENTS = 4 * 2**20
 
 
 def _pyplot() -> Any:
@@ -401,17 +403,20 @@ def _draw_strip(ax: Any, strip: str, ex: TraceExample, t: np.ndarray) -> None:
 
 
 def activity_figure(traces: np.ndarray, frame_rate: float | None, path: str | os.PathLike[str], *,
-                    label: str, max_columns: int = 2000) -> Path:
-    """Heat map of ``traces`` (``K × T``, one row per component, in the given order); frames
-    are averaged in bins when ``T > max_columns``. Each row is scaled to its own 99.5th
-    percentile so that weak and strong cells are both visible."""
+                    label: str, max_columns: int = 2000, order: np.ndarray | None = None) -> Path:
+    """Heat map of ``traces`` (``K × T``, one row per component, in the given order, or the rows
+    ``order``); frames are averaged in bins when ``T > max_columns``. Each row is scaled to its
+    own 99.5th percentile so that weak and strong cells are both visible."""
     plt = _pyplot()
-    X = np.nan_to_num(np.asarray(traces, dtype=np.float32))
-    k, n_frames = X.shape
+    order = np.arange(np.shape(traces)[0]) if order is None else np.asarray(order, np.int64)
+    k, n_frames = order.size, np.shape(traces)[1]
     step = max(1, math.ceil(n_frames / max_columns))
-    if step > 1:
-        usable = (n_frames // step) * step
-        X = X[:, :usable].reshape(k, -1, step).mean(axis=2)
+    usable = (n_frames // step) * step
+    X = np.empty((k, usable // step), np.float32)
+    rows = max(1, _BIN_ELEMENTS // max(n_frames, 1))
+    for r0 in range(0, k, rows):  # binned a few rows at a time (a long recording's K × T is large)
+        block = np.nan_to_num(np.asarray(traces[order[r0:r0 + rows], :usable], dtype=np.float32))
+        X[r0:r0 + rows] = block.reshape(block.shape[0], -1, step).mean(axis=2) if step > 1 else block
     scale = np.percentile(X, 99.5, axis=1, keepdims=True) if X.size else np.ones((k, 1))
     X = np.clip(X / np.where(scale > 0, scale, 1.0), -0.2, 1.0)
     duration = n_frames / frame_rate if frame_rate else n_frames
