@@ -305,7 +305,24 @@ def _row_percentiles(X: np.ndarray, q: np.ndarray) -> np.ndarray:
 def _traces_2d(x: object, name: str) -> np.ndarray:
     """``x`` as a ``K × T`` array in its own dtype (no copy: checked for finite values a block of
     rows at a time by :func:`_finite_rows`)."""
-    arr = np.asarray(x)
+    return _checked_shape(np.asarray(x), x, name)
+
+
+def _finite_rows(x: np.ndarray, rows: slice, k0: int, name: str) -> np.ndarray:
+    """Rows ``rows`` of ``x`` as a new float64 array; an error names the first non-finite value
+    (``k0``: the component index of the first row)."""
+    return _checked_finite(np.array(x[rows], dtype=np.float64), name, k0)
+
+
+def _finite_2d(x: object, name: str, allow_1d: bool = False) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if allow_1d and arr.ndim == 1:
+        arr = arr[None, :]
+    return _checked_finite(_checked_shape(arr, x, name), name)
+
+
+def _checked_shape(arr: np.ndarray, x: object, name: str) -> np.ndarray:
+    """``arr`` (``x`` as an array), refused unless it is ``K × T`` traces with ``T >= 2``."""
     if arr.ndim != 2:
         raise ValueError(f"{name} must be K × T traces, got shape {np.shape(x)}.")
     if arr.shape[1] < 2:
@@ -313,31 +330,12 @@ def _traces_2d(x: object, name: str) -> np.ndarray:
     return arr
 
 
-def _finite_rows(x: np.ndarray, rows: slice, k0: int, name: str) -> np.ndarray:
-    """Rows ``rows`` of ``x`` as a new float64 array; an error names the first non-finite value
-    (``k0``: the component index of the first row)."""
-    block = np.array(x[rows], dtype=np.float64)
-    if not np.isfinite(block).all():
-        bad = np.argwhere(~np.isfinite(block))[0]
-        raise ValueError(
-            f"{name} contains NaN or infinite values (first at component {k0 + bad[0]}, frame {bad[1]}); "
-            "fix or drop those frames first."
-        )
-    return block
-
-
-def _finite_2d(x: object, name: str, allow_1d: bool = False) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if allow_1d and arr.ndim == 1:
-        arr = arr[None, :]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be K × T traces, got shape {np.shape(x)}.")
-    if arr.shape[1] < 2:
-        raise ValueError(f"{name} has {arr.shape[1]} frames; ΔF/F needs at least 2.")
+def _checked_finite(arr: np.ndarray, name: str, k0: int = 0) -> np.ndarray:
+    """``arr``, refused with the first non-finite value's component (row + ``k0``) and frame."""
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
-            f"{name} contains NaN or infinite values (first at component {bad[0]}, frame {bad[1]}); "
+            f"{name} contains NaN or infinite values (first at component {k0 + bad[0]}, frame {bad[1]}); "
             "fix or drop those frames first."
         )
     return arr
