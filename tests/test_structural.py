@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from somascope.cnmf.estimates import Estimates
 from somascope.cnmf.seeded import MASK_SHARE, mark_seeds, outside_masks
-from somascope.evaluation.quality import SILENT_RVAL, _keep_seeded
+from somascope.evaluation.quality import PART_COVER, PART_SHARE, SILENT_RVAL, _drop_silent_parts, _keep_seeded
 from somascope.params import QualityParams
 
 
@@ -70,6 +70,27 @@ def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent
     good, bad, silent = _keep_seeded(seeded, snr, r, valid, good_in, q)
     assert good.tolist() == [0, 1, 2, 3, 4] and bad.tolist() == [5, 6]
     assert silent.tolist() == [False, False, True, True, False, False, False]
+
+
+def test_a_silent_cell_that_is_a_part_of_an_active_one_is_not_reported_twice() -> None:
+    # a volume's nucleus mask in one plane of a soma the unseeded detection found whole: the mask's
+    # component looks silent (the soma's explains the activity) but is the same cell
+    dims = (3, *DIMS)
+    soma = np.stack([_disc(DIMS, (20, 20), 3), _disc(DIMS, (20, 20), 5), _disc(DIMS, (20, 20), 3)])
+    nucleus = np.stack([np.zeros(DIMS), _disc(DIMS, (20, 20), 4), np.zeros(DIMS)])
+    elsewhere = np.stack([np.zeros(DIMS), _disc(DIMS, (8, 8), 3), np.zeros(DIMS)])
+    edge = np.stack([np.zeros(DIMS), _disc(DIMS, (20, 25), 3), np.zeros(DIMS)])  # half inside the soma
+    neuropil = np.stack([_disc(DIMS, (28, 28), 12)] * 3)  # a wide active component over a silent cell
+    inside = np.stack([np.zeros(DIMS), _disc(DIMS, (30, 30), 3), np.zeros(DIMS)])
+    masks = sp.csc_matrix(np.stack([m.ravel() for m in (soma, nucleus, elsewhere, edge, neuropil, inside)], axis=1)
+                          > 0)
+    assert masks.shape[0] == int(np.prod(dims))
+    silent = np.array([False, True, True, True, False, True])
+    good, bad, n = _drop_silent_parts(masks, silent, np.arange(6), np.zeros(0, np.int64))
+    assert n == 1 and good.tolist() == [0, 2, 3, 4, 5] and bad.tolist() == [1]
+    # nothing to do without an active accepted component
+    assert _drop_silent_parts(masks, silent, np.array([1, 2]), np.array([0]))[2] == 0
+    assert 0.5 < PART_COVER <= 1 and 0 < PART_SHARE < 1
 
 
 def test_estimates_keep_the_flags_through_select_save_and_load(tmp_path) -> None:
@@ -165,7 +186,10 @@ def test_a_two_channel_movie_seeded_from_its_structural_channel(tmp_path, capsys
     assert refit.provenance.get("refit") and refit.seeded is not None and refit.silent is not None
     assert refit.seeded.sum() >= 0.9 * est.seeded[acc].sum() and refit.silent.sum() >= 0.7 * flagged.size
     assert refit.seeded[refit.silent].all()
-    assert set(refit.accepted_indices.tolist()) >= set(np.flatnonzero(refit.seeded).tolist())
+    # seeded cells are accepted, but for duplicates of another accepted cell and silent parts of an
+    # active one (measured: 2)
+    dropped = np.intersect1d(np.flatnonzero(refit.seeded), refit.rejected_indices)
+    assert dropped.size <= 0.05 * refit.seeded.sum() and not refit.silent[dropped].any()
 
     # refused before anything is written: the functional channel as structural, a wrong-shape image
     capsys.readouterr()

@@ -125,6 +125,12 @@ OVERLAP_THR = 0.1
 #: hard family the silent cells' r-values stayed below 0.55 and 95 % of the active ones'
 #: above 0.65 (``docs/structural.md``).
 SILENT_RVAL = 0.6
+#: Share of a silent seeded cell's mask inside an active accepted component's mask, and share
+#: of that component's mask it makes, from which the silent cell is a part of the active one
+#: and not reported (:func:`_drop_silent_parts`).
+PART_COVER = 0.8
+#: See :data:`PART_COVER`.
+PART_SHARE = 0.2
 #: Jaccard distance of two accepted components' masks below which they are one cell twice
 #: (the matching to a ground truth counts pairs up to 0.7 as the same cell).
 DUPLICATE_DISTANCE = 0.5
@@ -681,6 +687,8 @@ def evaluate_components(
         good, bad, silent = _keep_seeded(est.seeded, snr, r_values, valid, good, q)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
+        good, bad, n_part = _drop_silent_parts(masks, silent, good, bad)
+        n_dup += n_part
         silent[bad] = False
     log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)%s",
              model.K, good.size, bad.size, n_dup,
@@ -757,6 +765,32 @@ def _drop_duplicates(masks: sp.csc_matrix, snr: np.ndarray, good: np.ndarray,
     if dup.n_removed == 0:
         return good, bad, 0
     return good[dup.keep], np.union1d(bad, good[dup.remove]).astype(np.int64), dup.n_removed
+
+
+def _drop_silent_parts(masks: sp.csc_matrix, silent: np.ndarray, good: np.ndarray,
+                       bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reject the accepted silent cells that are a part of an accepted active one.
+
+    A structural mask can be a part of its cell: in a volume a nucleus seen in one plane of a
+    soma that spans two or three. When the unseeded detection finds that soma whole, the
+    mask's own component is left without the activity (the soma's component explains it) and
+    looks silent: one cell reported twice, once active and once silent. A silent cell whose
+    mask lies at least :data:`PART_COVER` inside an active accepted component's mask, and makes
+    at least :data:`PART_SHARE` of that mask, is that cell. Returns ``(good, bad, number
+    moved)``."""
+    quiet = good[silent[good]]
+    loud = good[~silent[good]]
+    if quiet.size == 0 or loud.size == 0:
+        return good, bad, 0
+    Q, L = masks[:, quiet].astype(np.float64), masks[:, loud].astype(np.float64)
+    inter = np.asarray((Q.T @ L).todense())
+    size_q = np.maximum(np.asarray(Q.sum(axis=0)).ravel(), 1.0)
+    size_l = np.maximum(np.asarray(L.sum(axis=0)).ravel(), 1.0)
+    part = ((inter / size_q[:, None] >= PART_COVER) & (inter / size_l[None, :] >= PART_SHARE)).any(axis=1)
+    if not part.any():
+        return good, bad, 0
+    drop = quiet[part]
+    return np.setdiff1d(good, drop), np.union1d(bad, drop).astype(np.int64), int(drop.size)
 
 
 @dataclass
