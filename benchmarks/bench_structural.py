@@ -5,6 +5,7 @@ somata, recall of the labelled active somata, and precision / recall of the sile
 the labelled silent somata.
 
     .venv/bin/python benchmarks/make_hard_family.py FAMILY --channels 2 --dims 256 256 --frames 2000 --n 4
+                                                    [--kind 1p|volume]
     .venv/bin/python benchmarks/bench_structural.py --family FAMILY --work WORK [--json OUT.json]
 
 Bar (issue 18): recall of labelled active cells ≥ 0.95; silent flags with precision and recall
@@ -37,6 +38,8 @@ def run_member(movie: dict[str, Any], out: Path, seeded: bool, keep: bool) -> di
            "--radius", str(movie["radius"]), "-q"]
     if movie["decay"] is not None and movie["decay"] >= SLOW_DECAY:
         cmd += ["--decay-time", str(movie["decay"])]
+    if movie.get("kind") == "1p":
+        cmd += ["--1p"]
     if seeded:
         cmd += ["--structural-channel", "1"]
     if not keep:

@@ -3,7 +3,7 @@ one-photon (``--kind 1p``: ``one_photon(preset="hard")``) or volumes (``--kind v
 ``volumetric(preset="hard")``, ImageJ TZYX hyperstacks) — into a folder, each in the ``dev_sim``
 layout (``movie.tif`` uint16 + ``gt.npz``), with ``family.json`` listing every member's settings, so
 defaults can be tuned and scored (``benchmarks/score_gt.py``) across many seeds. ``--channels 2``
-(2p and volume) adds the static structural channel (channel 1).
+(every kind) adds the static structural channel (channel 1).
 
     .venv/bin/python benchmarks/make_hard_family.py OUT [--kind 2p|1p|volume] [--n 8] [--seed0 100]
                                                         [--frames 1500] [--dims 160 160 | --dims 4 160 160]
@@ -84,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         args.dims = (4, 160, 160) if args.kind == "volume" else (160, 160)
     if len(args.dims) != (3 if args.kind == "volume" else 2):
         ap.error(f"--dims takes {'Z H W' if args.kind == 'volume' else 'H W'} for --kind {args.kind}")
-    if args.channels == 2 and args.kind == "1p":
-        ap.error("--channels 2 is for --kind 2p or volume")
 
     from somascope.simulate import one_photon, two_photon, volumetric, write_ground_truth_folder
 

@@ -13,7 +13,7 @@ import pytest
 from scipy import sparse
 
 from somascope.io import open_movie
-from somascope.simulate import two_photon, volumetric, write_ground_truth_folder
+from somascope.simulate import one_photon, two_photon, volumetric, write_ground_truth_folder
 from somascope.simulate.groundtruth import to_adu
 from somascope.simulate.motion import make_motion, warp_frame
 from somascope.simulate.render import NoiseModel, render_movie
@@ -199,10 +199,11 @@ def test_volume_tiff_reads_back(tmp_path: Path, vol):
     assert np.array_equal(np.asarray(m[:]), to_adu(one.movie, 1.0, 20.0, 50.0))
 
 
-def test_two_dimensional_hard_preset_with_a_structural_channel(tmp_path: Path):
+@pytest.mark.parametrize("simulator", [two_photon, one_photon], ids=["2p", "1p"])
+def test_two_dimensional_hard_preset_with_a_structural_channel(tmp_path: Path, simulator):
     kw = dict(dims=(48, 48), n_frames=30, frame_rate=15.0, decay_time=0.8, neuron_radius=6.0, preset="hard",
               motion="rigid", seed=2)
-    plain, two = two_photon(**kw), two_photon(**kw, channels=2)
+    plain, two = simulator(**kw), simulator(**kw, channels=2)
     assert np.array_equal(plain.movie, two.movie) and "structural" not in plain.extra
     assert two.extra["structural"].shape == two.movie.shape
     soma = two.kind == "soma"
@@ -211,9 +212,15 @@ def test_two_dimensional_hard_preset_with_a_structural_channel(tmp_path: Path):
     for ch, source in ((0, two.movie), (1, two.extra["structural"])):
         m = open_movie(tmp_path / "t" / "movie.tif", n_channels=2, channel=ch)
         assert m.shape == (30, 48, 48) and m.frame_rate == pytest.approx(15.0)
-        assert np.array_equal(np.asarray(m[:]), to_adu(source, 1.0, 20.0, 50.0))
+        assert np.array_equal(np.asarray(m[:]), to_adu(source, 1.0, two.extra["adu_gain"], two.extra["adu_offset"]))
+    # the marker is static and sits on the labelled somata: brighter there than between cells
+    image = np.asarray(two.extra["structural"]).mean(axis=0).ravel()
+    A = sparse.csc_matrix(two.A)
+    on = np.asarray(A[:, two.extra["labelled"]].max(axis=1).todense()).ravel() > 0.5
+    off = np.asarray(A.max(axis=1).todense()).ravel() < 0.05
+    assert image[on].mean() > 2 * image[off].mean()
     with pytest.raises(ValueError, match="preset='hard'"):
-        two_photon(dims=(32, 32), n_frames=10, channels=2)
+        simulator(dims=(32, 32), n_frames=10, channels=2)
 
 
 def test_cli_simulates_a_hard_volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -233,7 +240,7 @@ def test_cli_simulates_a_hard_volume(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert open_movie(two / "movie.tif", n_channels=2, channel=1).shape == (12, 40, 40)
     capsys.readouterr()
     with pytest.raises(SystemExit):  # usage errors: one line, exit status 2, nothing written
-        main(["simulate", str(tmp_path / "x"), "--preset", "hard", "--kind", "1p", "--channels", "2", "-q"])
+        main(["simulate", str(tmp_path / "x"), "--kind", "1p", "--channels", "2", "-q"])
     assert "structural" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["simulate", str(tmp_path / "y"), "--preset", "hard", "--kind", "volume", "--dims", "40", "40", "-q"])

@@ -185,9 +185,9 @@ HARD_VOLUME_DIMS = (4, 192, 192)
 def cmd_simulate(args: argparse.Namespace) -> int:
     out: Path = args.out
     # refused before anything is written
-    if args.channels != 1 and (args.preset != "hard" or args.kind == "1p"):
-        raise SystemExit("--channels 2 (a structural channel) is for the hard two-photon and volume families. "
-                         "Fix: add --preset hard with --kind 2p or --kind volume, or drop --channels.")
+    if args.channels != 1 and args.preset != "hard":
+        raise SystemExit("--channels 2 (a structural channel) is for the hard families. "
+                         "Fix: add --preset hard, or drop --channels.")
     if args.preset != "hard" and (args.plane_spacing is not None or args.axial_radius is not None):
         raise SystemExit("--plane-spacing and --axial-radius are for --preset hard --kind volume. Fix: drop them.")
     if args.dims and len(args.dims) != (3 if args.kind == "volume" else 2):
@@ -632,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=float, default=None, help="hard preset: neuron radius (in-plane), px")
     p.add_argument("--decay-time", type=float, default=None, help="hard preset: typical decay time, s")
     p.add_argument("--channels", type=int, choices=[1, 2], default=1,
-                   help="hard 2p/volume: 2 adds a static structural channel (channel 1; frames interleaved "
+                   help="hard preset: 2 adds a static structural channel (channel 1; frames interleaved "
                         "channel by channel, ImageJ TCYX / TZCYX)")
     p.add_argument("--plane-spacing", type=float, default=None,
                    help="hard volume: distance between planes, px (default: the radius, so a soma spans ~2 planes)")

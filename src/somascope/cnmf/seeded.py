@@ -292,6 +292,30 @@ def seed_labels(A: Any, masks: sp.csc_matrix) -> np.ndarray:
     return np.where(share.max(axis=0) >= MASK_SHARE, share.argmax(axis=0), -1).astype(np.int64)
 
 
+#: A footprint that a mask holds (:func:`seed_labels`) but whose binary mask (pixels at or above
+#: :data:`somascope.metrics.MASK_FRAC` of its peak) has fewer pixels than this share of the
+#: mask's is not the mask's cell (:func:`mark_seeds`): an active dendrite or a neighbour that
+#: crosses a silent (or dimmer) cell's mask takes over its component during the updates, and the
+#: footprint shrinks to the crossing. On the two-channel hard family the fitted cells' footprints
+#: keep at least 0.39 of their mask's pixels (median 1.3), the taken ones 0.14–0.37.
+MASK_FILL = 0.35
+
+
+def held_masks(A: Any, masks: sp.csc_matrix) -> np.ndarray:
+    """``(K,)`` int: the mask whose cell each footprint of ``A`` is, -1 for none: the mask
+    that holds it (:func:`seed_labels`), when the footprint's binary mask is at least
+    :data:`MASK_FILL` of the mask's size."""
+    from somascope.metrics import binarise_footprints
+
+    label = seed_labels(A, masks)
+    held = np.flatnonzero(label >= 0)
+    if held.size:
+        size = np.diff(binarise_footprints(sp.csc_matrix(A)[:, held]).indptr)
+        mask_size = np.diff(sp.csc_matrix(masks).indptr)[label[held]]
+        label[held[size < MASK_FILL * mask_size]] = -1
+    return label
+
+
 def outside_masks(A: Any, masks: sp.spmatrix) -> np.ndarray:
     """``(K,)`` bool: the footprints of ``A`` (``pixels × K``) that no mask (``pixels ×
     n_masks``, sparse) holds — less than :data:`MASK_SHARE` of their energy in any one mask
@@ -308,9 +332,12 @@ def outside_masks(A: Any, masks: sp.spmatrix) -> np.ndarray:
 def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
     """``est`` with ``seeded`` set, and every mask without a component put back.
 
-    A component is seeded when at least :data:`MASK_SHARE` of its footprint's energy lies in
-    one mask. A mask that no component holds (CNMF drops a footprint whose trace stayed at
-    zero: a cell that never fired) becomes a component again with its seeded start (footprint
+    A component is seeded when it is one mask's cell (:func:`held_masks`: at least
+    :data:`MASK_SHARE` of its footprint's energy in the mask, and a footprint not shrunk below
+    :data:`MASK_FILL` of it); a component that only crosses a mask stays unseeded and meets the
+    usual quality tests. A mask whose cell no component is (CNMF drops a footprint whose trace
+    stayed at zero: a cell that never fired; or another source took its component over)
+    becomes a component again with its seeded start (footprint
     and trace of ``start``, the :class:`~somascope.cnmf.initialization.Initialization` whose
     first columns are the masks' in mask order; without it the mask normalised and ``C = 0``),
     ``S = 0``, and ``YrA = None`` for all components so that the evaluation recomputes the
@@ -330,7 +357,7 @@ def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
     from .estimates import Estimates
 
     M = as_masks(masks, est.dims)
-    label = seed_labels(est.A, M)
+    label = held_masks(est.A, M)
     seeded = label >= 0
     held = np.zeros(M.shape[1], bool)
     held[label[seeded]] = True

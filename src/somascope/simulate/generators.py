@@ -192,9 +192,6 @@ def _with_preset(p: dict[str, Any], modality: str) -> Simulation:
         if modality == "one_photon":
             from .hard_1p import simulate_hard_1p as hard
 
-            if channels != 1:
-                raise ValueError("channels=2 (a structural channel) is for the two-photon and volume hard presets; "
-                                 "the one-photon hard preset has one channel.")
             keys = _HARD_KEYS
         elif modality == "volumetric":
             from .hard_volume import simulate_hard_volume as hard
@@ -206,7 +203,7 @@ def _with_preset(p: dict[str, Any], modality: str) -> Simulation:
             from .hard import simulate_hard as hard
 
             keys = _HARD_KEYS + ("nonrigid_amplitude",)
-        return hard(**{k: p[k] for k in keys}, **({} if modality == "one_photon" else {"channels": channels}))
+        return hard(**{k: p[k] for k in keys}, channels=channels)
     if preset not in (None, "easy"):
         raise ValueError(f"preset must be None, 'easy' or 'hard'; got {preset!r}.")
     if channels != 1:
@@ -351,6 +348,7 @@ def one_photon(
     n_threads: int | None = None,
     progress: bool = False,
     preset: str | None = None,
+    channels: int = 1,
 ) -> Simulation:
     """Simulate a one-photon (miniscope / widefield) movie ``T×H×W`` with ground truth.
 
@@ -369,7 +367,9 @@ def one_photon(
     (px; the number of cells follows from it), ``motion`` (``"rigid"``: drift with jumps, or
     None), ``seed``, ``out`` and the rendering options (``interp_order``, ``overwrite``,
     ``chunk_frames``, ``n_threads``, ``progress``) apply; the other arguments are ignored.
-    ``preset=None`` or ``"easy"`` is the model above.
+    ``channels=2`` (hard preset only) adds a static structural channel, as for
+    :func:`two_photon` (a dual-colour miniscope's marker in 85 % of the cell bodies, through the
+    near scattering). ``preset=None`` or ``"easy"`` is the model above.
     """
     return _with_preset(dict(locals()), "one_photon")
 

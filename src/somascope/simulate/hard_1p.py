@@ -67,6 +67,7 @@ from .hard import HardSettings, assemble_hard, hard_cells, hard_traces
 from .motion import MotionModel, jumpy_path
 from .neuropil import blob_activity, field_activity, neuropil_blobs, neuropil_fields, vessel_mask
 from .result import Simulation
+from .structural import STRUCTURAL, StructuralSettings, add_structural, check_channels
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,8 @@ def simulate_hard_1p(
     n_threads: int | None = None,
     progress: bool = False,
     settings: OnePhotonHardSettings = SETTINGS_1P,
+    channels: int = 1,
+    structural: StructuralSettings = STRUCTURAL,
 ) -> Simulation:
     """A hard one-photon movie ``T×H×W`` in photons (float32; see the module docstring).
 
@@ -253,8 +256,15 @@ def simulate_hard_1p(
     bleached; ``extra["snr"]`` is the ``dev_sim`` peak SNR (:func:`somascope.metrics.peak_snr`),
     ``extra["b0"]`` the baseline background (camera frame, unbleached); ``modality`` is
     ``"one_photon"``.
+
+    ``channels=2`` adds a static structural channel (:mod:`~somascope.simulate.structural`,
+    constants ``structural``; a dual-colour miniscope's second channel): the marker in the cell
+    bodies (``body_scale`` of each radius) seen through the near scattering (``scatter_core``),
+    moved by the same motion; ``extra`` then holds ``structural``, ``labelled`` and the marker's
+    truth as for the two-photon preset, and ``movie`` is the same as with ``channels=1``.
     """
     s = settings
+    channels = check_channels(channels)
     dims = (int(dims[0]), int(dims[1]))
     radius = float(np.mean(neuron_radius))
     if motion not in (None, "none", "rigid"):
@@ -281,10 +291,16 @@ def simulate_hard_1p(
     params = {"modality": "one_photon", "preset": "hard", "dims": list(dims), "n_frames": n_frames,
               "frame_rate": frame_rate, "decay_time": decay_time, "neuron_radius": radius, "motion": motion,
               "seed": seed, "settings": json.loads(json.dumps(asdict(s)))}
-    return assemble_hard(
+    render = dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames, n_threads=n_threads,
+                  progress=progress)
+    sim = assemble_hard(
         fp=fp, radii=radii, cells=cells, C_t=C_t, b_t=b_t, f_t=f_t, kinds=kinds, counts=counts, peaks=peaks, g=g,
         bleach=bleach, mot=mot, dims=dims, frame_rate=frame_rate, decay_time=decay_time, params=params,
         vignette_strength=s.vignette, read_noise=s.read_noise, adu_gain=s.adu_gain, adu_offset=s.adu_offset,
-        seed=seed, render=dict(order=interp_order, out=out, overwrite=overwrite, chunk_frames=chunk_frames,
-                               n_threads=n_threads, progress=progress),
+        seed=seed, render=render,
     )
+    if channels == 2:
+        body = radii * s.body_scale
+        add_structural(sim, seed=seed, A_tissue=fp.A, semi_axes=np.column_stack([body, body]),
+                       psf_sigma=np.full(2, s.scatter_core * radius), motion=mot, render=render, settings=structural)
+    return sim
