@@ -288,7 +288,7 @@ def test_bad_options_are_refused(movie: Path, tmp_path: Path, argv: list[str], n
     ([], ["the following arguments are required: COMMAND", "somascope --help"]),
     (["nosuchcommand"], ["invalid choice: 'nosuchcommand'"]),
     (["batch", "add"], ["batch add: the following arguments are required"]),
-    (["simulate", "__OUT__", "--kind", "1p", "--preset", "hard", "--channels", "2"], ["--channels 2", "Fix:"]),
+    (["simulate", "__OUT__", "--kind", "1p", "--channels", "2"], ["--channels 2", "Fix:"]),
 ])
 def test_usage_errors_are_one_line_and_exit_2(movie: Path, tmp_path: Path, argv: list[str], needles: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:

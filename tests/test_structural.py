@@ -75,6 +75,18 @@ def test_a_component_that_only_crosses_a_mask_is_not_its_cell() -> None:
     assert np.allclose(out.A[:, 2].toarray().ravel() > 0, MASKS[:, 1].toarray().ravel() > 0)
     # a footprint as large as its mask, or larger, is the mask's cell
     assert held_masks(_columns([_disc(DIMS, (30, 30), 5)]), MASKS).tolist() == [1]
+    # the mask comes back with its seeded start (columns in mask order) while that start is still
+    # its cell; a start that had already shrunk onto the crossing gives way to the mask, C = 0
+    from types import SimpleNamespace
+
+    fitted = _disc(DIMS, (30, 30), 3.5)
+    for start_1, kept in ((fitted, True), (crossing, False)):
+        start = SimpleNamespace(A=_columns([whole, start_1]), C=np.full((2, T), 7.0, np.float32))
+        back = mark_seeds(est, MASKS, start)
+        assert back.K == 3 and back.seeded.tolist() == [True, False, True]
+        expected = start_1 if kept else MASKS[:, 1].toarray().reshape(DIMS)
+        assert np.array_equal(back.A[:, 2].toarray().ravel() > 0, expected.ravel() > 0)
+        assert np.all(back.C[2] == (7.0 if kept else 0.0))
 
 
 def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent() -> None:

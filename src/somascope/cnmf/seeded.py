@@ -339,7 +339,8 @@ def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
     stayed at zero: a cell that never fired; or another source took its component over)
     becomes a component again with its seeded start (footprint
     and trace of ``start``, the :class:`~somascope.cnmf.initialization.Initialization` whose
-    first columns are the masks' in mask order; without it the mask normalised and ``C = 0``),
+    first columns are the masks' in mask order) when that start is still the mask's cell, else
+    (no ``start``, or a start fitted onto what crosses the mask) the mask normalised and ``C = 0``,
     ``S = 0``, and ``YrA = None`` for all components so that the evaluation recomputes the
     residual traces (the put-back cell's raw trace included).
 
@@ -366,11 +367,14 @@ def mark_seeds(est: Any, masks: Any, start: Any = None) -> Any:
         return dataclasses.replace(est, seeded=seeded)
     T = est.C.shape[1]
     zeros = np.zeros((lost.size, T), np.float32)
-    if start is not None:
-        new_A, new_C = sp.csc_matrix(start.A[:, lost]), np.asarray(start.C[lost], np.float32)
-    else:
-        norms = np.sqrt(np.asarray(M[:, lost].multiply(M[:, lost]).sum(axis=0)).ravel())
-        new_A, new_C = sp.csc_matrix(M[:, lost] @ sp.diags(1.0 / norms)), zeros
+    norms = np.sqrt(np.asarray(M[:, lost].multiply(M[:, lost]).sum(axis=0)).ravel())
+    new_A, new_C = sp.csc_matrix(M[:, lost] @ sp.diags(1.0 / norms)), zeros
+    if start is not None:  # the seeded start where it is still the mask's cell
+        A0 = sp.csc_matrix(start.A[:, lost])
+        whole = held_masks(A0, M) == lost
+        new_A = sp.csc_matrix(A0 @ sp.diags(whole.astype(np.float64)) + new_A @ sp.diags((~whole).astype(np.float64)))
+        new_A.eliminate_zeros()
+        new_C = np.where(whole[:, None], np.asarray(start.C[lost], np.float32), zeros)
 
     def stacked(name: str, fill: np.ndarray) -> np.ndarray | None:
         value = getattr(est, name)
