@@ -88,7 +88,8 @@ def score_structural(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any
     run, whose accepted components all count as active) against a two-channel ground truth
     (``labelled``): ``active`` (:func:`score_footprints` of the accepted, not silent, components
     against the active somata), ``recall_labelled`` (of the labelled active somata, by those
-    components), and the silent flags: ``silent_precision`` (flagged silent components matching a
+    components; ``found_labelled`` the same by all accepted components, silent flag aside), and
+    the silent flags: ``silent_precision`` (flagged silent components matching a
     labelled silent soma, over all flagged) and ``silent_recall`` (labelled silent somata matched
     by a flagged component), ``n_silent_true``, ``n_silent_flagged``."""
     from somascope.evaluation.classifier import frame_offset
@@ -115,6 +116,8 @@ def score_structural(est: Any, mean_image: np.ndarray, gt: Any) -> dict[str, Any
 
     m = match_footprints(truth(soma & on & lab), est.A[:, active], dims, **rule)
     out["recall_labelled"] = m.recall
+    # found at all, flag aside: a dim active cell flagged silent is found but misflagged
+    out["found_labelled"] = match_footprints(truth(soma & on & lab), est.A[:, acc], dims, **rule).recall
     n_true = int((soma & ~on & lab).sum())
     out.update(n_silent_true=n_true, n_silent_flagged=int(flagged.size))
     if n_true and flagged.size:
