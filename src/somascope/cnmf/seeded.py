@@ -311,7 +311,7 @@ def held_masks(A: Any, masks: sp.csc_matrix) -> np.ndarray:
     held = np.flatnonzero(label >= 0)
     if held.size:
         size = np.diff(binarise_footprints(sp.csc_matrix(A)[:, held]).indptr)
-        mask_size = np.diff(sp.csc_matrix(masks).indptr)[label[held]]
+        mask_size = np.asarray((sp.csc_matrix(masks) > 0).sum(axis=0)).ravel()[label[held]]
         label[held[size < MASK_FILL * mask_size]] = -1
     return label
 
