@@ -142,5 +142,12 @@ def test_cli_simulate_1p_hard_writes_a_movie(tmp_path):
 
     movie = tifffile.imread(tmp_path / "h" / "movie.tif")
     assert movie.shape == (20, 40, 48) and movie.dtype == np.uint16 and movie.mean() > 200  # 100 ADU + photons
-    with pytest.raises(SystemExit):  # the structural channel belongs to the two-photon families
-        main(["simulate", str(tmp_path / "v"), "--kind", "1p", "--preset", "hard", "--channels", "2", "-q"])
+    # a dual-colour micro-endoscope: the structural channel interleaved with the functional one
+    assert main(["simulate", str(tmp_path / "v"), "--kind", "1p", "--preset", "hard", "--seed", "4", "--radius", "6",
+                 "--fr", "10", "--decay-time", "1.5", "--frames", "20", "--dims", "40", "48", "--channels", "2",
+                 "-q"]) == 0
+    from somascope.io import open_movie
+
+    functional = open_movie(tmp_path / "v" / "movie.tif", n_channels=2, channel=0)
+    assert functional.shape == (20, 40, 48) and np.array_equal(np.asarray(functional[:]), movie)
+    assert open_movie(tmp_path / "v" / "movie.tif", n_channels=2, channel=1).shape == (20, 40, 48)

@@ -213,12 +213,13 @@ def test_two_dimensional_hard_preset_with_a_structural_channel(tmp_path: Path, s
         m = open_movie(tmp_path / "t" / "movie.tif", n_channels=2, channel=ch)
         assert m.shape == (30, 48, 48) and m.frame_rate == pytest.approx(15.0)
         assert np.array_equal(np.asarray(m[:]), to_adu(source, 1.0, two.extra["adu_gain"], two.extra["adu_offset"]))
-    # the marker is static and sits on the labelled somata: brighter there than between cells
+    # the marker is static and sits on the labelled somata: brighter there than between cells (by
+    # far in two-photon data; widefield optics add the out-of-focus marker's haze and its halo)
     image = np.asarray(two.extra["structural"]).mean(axis=0).ravel()
     A = sparse.csc_matrix(two.A)
     on = np.asarray(A[:, two.extra["labelled"]].max(axis=1).todense()).ravel() > 0.5
     off = np.asarray(A.max(axis=1).todense()).ravel() < 0.05
-    assert image[on].mean() > 2 * image[off].mean()
+    assert image[on].mean() > (2.0 if simulator is two_photon else 1.05) * image[off].mean()
     with pytest.raises(ValueError, match="preset='hard'"):
         simulator(dims=(32, 32), n_frames=10, channels=2)
 

@@ -21,7 +21,7 @@ MOTION = 6  # (seed, MOTION, session): within-session motion
 NOISE = 7  # (seed, NOISE, session, t): detector noise of frame t
 SESSIONS = 8  # (seed, SESSIONS, session): deformation and active subset of a session
 NEUROPIL = 9  # (seed, NEUROPIL, 0): vessels, neuropil fields and blobs; (seed, NEUROPIL, 1): their activity
-STRUCTURAL = 10  # (seed, STRUCTURAL, 0): which somata carry a structural marker; (seed, STRUCTURAL, 1, t): its noise
+STRUCTURAL = 10  # (seed, STRUCTURAL, 0): which somata carry a structural marker; (seed, STRUCTURAL, 1, t): its noise; (seed, STRUCTURAL, 2): its one-photon haze
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:

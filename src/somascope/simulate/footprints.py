@@ -126,6 +126,16 @@ def process_patch(
     return origin, ndimage.gaussian_filter(image, sigma, mode="constant")
 
 
+def with_halo(origin: np.ndarray, image: np.ndarray, sigma: float, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """A patch ``image`` (placed at ``origin``) with ``weight`` of its light spread by a Gaussian
+    of ``sigma`` px: the wide scattering halo of widefield optics. The patch grows by 3 sigma on
+    every side and its origin moves to match."""
+    pad = int(np.ceil(3.0 * sigma))
+    image = np.pad(image, pad)
+    image = (1.0 - weight) * image + weight * ndimage.gaussian_filter(image, sigma, mode="constant")
+    return np.asarray(origin) - pad, image
+
+
 def crop_to_fov(origin: np.ndarray, image: np.ndarray, dims: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """The part of a patch inside the field of view as ``(flat_pixel_indices, values)``:
     indices in C order of ``dims`` (sorted), values float32 scaled to a maximum of 1 with

@@ -61,7 +61,7 @@ from scipy import ndimage
 
 from . import _fields as streams
 from ._fields import smooth_field
-from .footprints import Footprints, columns_to_csc, crop_to_fov, place_centers, soma_patch
+from .footprints import Footprints, columns_to_csc, crop_to_fov, place_centers, soma_patch, with_halo
 from .hard import SETTINGS as HARD_2P
 from .hard import HardSettings, assemble_hard, hard_cells, hard_traces
 from .motion import MotionModel, jumpy_path
@@ -113,6 +113,8 @@ class OnePhotonHardSettings:
     blob_amplitude: float = 0.08  # one event, fraction of the baseline
     haze_amplitude: float = 0.03  # out-of-focus population haze, mean fraction of the baseline
     haze_time: float = 1.0  # s, smoothing of the population activity it follows
+    marker_haze: float = 1.0  # structural channel: out-of-focus marker light, mean, / a marker's median peak
+    marker_haze_variation: float = 0.5  # its relative spatial variation (scale: background_scale)
     vignette: float = 0.5
     read_noise: float = 2.0  # photons
     adu_gain: float = 1.0  # ADU per photon in the written uint16 movie
@@ -141,11 +143,7 @@ def scattered_soma(
     further by a halo of ``scatter_halo · radius`` px."""
     core = np.full(2, s.scatter_core * radius)
     origin, image = soma_patch(center, semi_axes, angle, False, 0.0, 1.0, core, edge=s.body_edge)
-    halo = s.scatter_halo * radius
-    pad = int(np.ceil(3.0 * halo))
-    image = np.pad(image, pad)
-    image = (1.0 - s.halo_weight) * image + s.halo_weight * ndimage.gaussian_filter(image, halo, mode="constant")
-    return origin - pad, image
+    return with_halo(origin, image, s.scatter_halo * radius, s.halo_weight)
 
 
 def hard_1p_footprints(
@@ -259,9 +257,11 @@ def simulate_hard_1p(
 
     ``channels=2`` adds a static structural channel (:mod:`~somascope.simulate.structural`,
     constants ``structural``; a dual-colour miniscope's second channel): the marker in the cell
-    bodies (``body_scale`` of each radius) seen through the near scattering (``scatter_core``),
-    moved by the same motion; ``extra`` then holds ``structural``, ``labelled`` and the marker's
-    truth as for the two-photon preset, and ``movie`` is the same as with ``channels=1``.
+    bodies (``body_scale`` of each radius) seen through the same scattering as the functional
+    channel (core and halo), on the out-of-focus marker's haze (``marker_haze`` times a marker's
+    median peak, varying smoothly by ``marker_haze_variation``), moved by the same motion;
+    ``extra`` then holds ``structural``, ``labelled`` and the marker's truth as for the two-photon
+    preset, and ``movie`` is the same as with ``channels=1``.
     """
     s = settings
     channels = check_channels(channels)
@@ -301,6 +301,9 @@ def simulate_hard_1p(
     )
     if channels == 2:
         body = radii * s.body_scale
+        field = smooth_field(streams.rng_for(seed, streams.STRUCTURAL, 2), dims, np.array(dims) / s.background_scale)
+        haze = s.marker_haze * structural.brightness * (1.0 + s.marker_haze_variation * field)
         add_structural(sim, seed=seed, A_tissue=fp.A, semi_axes=np.column_stack([body, body]),
-                       psf_sigma=np.full(2, s.scatter_core * radius), motion=mot, render=render, settings=structural)
+                       psf_sigma=np.full(2, s.scatter_core * radius), motion=mot, render=render, settings=structural,
+                       halo=(s.scatter_halo * radius, s.halo_weight), haze=haze)
     return sim

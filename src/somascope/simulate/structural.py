@@ -21,7 +21,7 @@ import numpy as np
 from scipy import sparse
 
 from . import _fields as streams
-from .footprints import columns_to_csc, crop_to_fov, soma_patch
+from .footprints import columns_to_csc, crop_to_fov, soma_patch, with_halo
 from .motion import MotionModel
 from .render import NoiseModel, render_movie
 
@@ -75,6 +75,8 @@ def structural_channel(
     vignette: np.ndarray,
     render: dict[str, Any],
     settings: StructuralSettings = STRUCTURAL,
+    halo: tuple[float, float] | None = None,
+    haze: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Render the structural channel of a hard-preset movie and its ground truth.
 
@@ -85,7 +87,10 @@ def structural_channel(
     one moves this channel), ``vignette`` ``dims`` float32, ``render`` the options of
     :func:`~somascope.simulate.render.render_movie` (``order``, ``out``, ``overwrite``,
     ``chunk_frames``, ``n_threads``, ``progress``; ``out`` is the functional movie's path, the
-    structural one goes to :func:`structural_out`).
+    structural one goes to :func:`structural_out`). For widefield (one-photon) optics, ``halo``
+    ``(sigma px, weight)`` spreads that fraction of each marker's light by a wide Gaussian (the
+    tissue's scattering), and ``haze`` (``dims``, photons per pixel per frame, tissue frame) adds
+    the out-of-focus marker light to the autofluorescence.
 
     Returns a dict of ``Simulation.extra`` entries: ``structural`` (the movie ``T × *dims``
     float32 photons, or a Store), ``labelled`` (K,) bool, ``structural_A`` (``pixels × K`` CSC
@@ -115,10 +120,14 @@ def structural_channel(
         else:
             origin, image = soma_patch(centers[k], semi_axes[k] * s.nucleus_scale, 0.0, False, 0.0, 1.0,
                                        np.asarray(psf_sigma, float))
+            if halo is not None:
+                origin, image = with_halo(origin, image, *halo)
             columns.append(crop_to_fov(origin, image, dims))
     A_s = columns_to_csc(columns, int(np.prod(dims)))
     C_s = np.repeat(brightness[:, None], n_frames, axis=1)
     b_s = np.full((int(np.prod(dims)), 1), s.autofluorescence, np.float32)
+    if haze is not None:
+        b_s += np.asarray(haze, np.float32).reshape(-1, 1)
     f_s = np.ones((1, n_frames))
     noise = NoiseModel(1.0, s.read_noise)
     opts = dict(render)
@@ -131,7 +140,7 @@ def structural_channel(
     peak = np.asarray(A_cam.max(axis=0).toarray()).ravel() if K else np.zeros(0)
     scale = np.where(peak > 0, peak, 1.0)
     A_cam = sparse.csc_matrix(A_cam @ sparse.diags(1.0 / scale)).astype(np.float32)
-    mean = (np.asarray(A_s @ brightness).ravel() + s.autofluorescence) * V
+    mean = (np.asarray(A_s @ brightness).ravel() + b_s[:, 0]) * V
     mean = mean.astype(np.float32).reshape(dims)
     return {
         "structural": movie, "labelled": labelled, "structural_A": A_cam,
@@ -143,17 +152,19 @@ def structural_channel(
 def add_structural(
     sim: Any, *, seed: int, A_tissue: sparse.csc_matrix, semi_axes: np.ndarray, psf_sigma: np.ndarray,
     motion: MotionModel | None, render: dict[str, Any], settings: StructuralSettings = STRUCTURAL,
+    halo: tuple[float, float] | None = None, haze: np.ndarray | None = None,
 ) -> Any:
     """Give the hard-preset :class:`~somascope.simulate.Simulation` ``sim`` its structural
     channel (:func:`structural_channel`, moved by ``motion``, the model that rendered ``sim``):
     its entries go into ``sim.extra``, and ``sim.params`` records ``channels`` = 2 and the
-    ``structural`` settings. Returns ``sim``."""
+    ``structural`` settings. ``halo`` and ``haze``: widefield optics, see
+    :func:`structural_channel`. Returns ``sim``."""
     from dataclasses import asdict
 
     extra = structural_channel(
         seed=seed, kind=sim.kind, centers=sim.centers, semi_axes=semi_axes, A_tissue=A_tissue,
         dims=tuple(sim.dims), psf_sigma=psf_sigma, n_frames=sim.n_frames, frame_rate=sim.frame_rate,
-        motion=motion, vignette=sim.vignette, render=render, settings=settings,
+        motion=motion, vignette=sim.vignette, render=render, settings=settings, halo=halo, haze=haze,
     )
     sim.extra.update(extra)
     sim.params["channels"] = 2
