@@ -150,6 +150,40 @@ def _match(gt: Any, A: Any, idx: np.ndarray, sel: np.ndarray, mean: np.ndarray) 
     return match_footprints(truth, A[:, idx], dims, binarise_frac=0.2, largest_piece=True)
 
 
+def _seeded_and_plain(tmp_path: Any, simulate: list[str], run: list[str], seeded_extra: tuple[str, ...] = ()) -> Any:
+    """Simulate a two-channel hard movie (``somascope simulate`` arguments ``simulate``), run it
+    seeded from channel 1 (into ``tmp_path/seeded``, plus ``seeded_extra``) and on channel 0 alone
+    (``tmp_path/plain``) with the ``run`` arguments, and score both against the truth: the masks
+    against the labelled somata (``masks``, ``mask_match``), the active cells of each
+    (``f1_seeded``, ``f1_plain``), and the flagged silent cells (``flagged``, ``silent_match``)."""
+    from types import SimpleNamespace
+
+    from somascope.cli import main
+    from somascope.pipeline import load_results
+
+    sim = tmp_path / "sim"
+    assert main(["simulate", str(sim), "--preset", "hard", "--channels", "2", "-q", *simulate]) == 0
+    movie = str(sim / "movie.tif")
+    common = ["--n-channels", "2", "--channel", "0", "-q", *run]
+    assert main(["run", movie, "--out", str(tmp_path / "seeded"), "--structural-channel", "1", *seeded_extra,
+                 *common]) == 0
+    assert main(["run", movie, "--out", str(tmp_path / "plain"), *common]) == 0
+    gt = np.load(sim / "gt.npz", allow_pickle=True)
+    soma, on, lab = (np.asarray(gt[k], bool) for k in ("is_soma", "is_active", "labelled"))
+    seeded = load_results(tmp_path / "seeded" / "results.h5")
+    plain = load_results(tmp_path / "plain" / "results.h5")
+    est, mean = seeded.estimates, seeded.summary["mean"]
+    masks = sp.load_npz(tmp_path / "seeded" / "stages" / "seeds" / "masks.npz")
+    acc = est.accepted_indices
+    flagged = acc[est.silent[acc]]
+    return SimpleNamespace(
+        movie=movie, common=common, est=est, masks=masks, flagged=flagged,
+        mask_match=_match(gt, masks, np.arange(masks.shape[1]), soma & lab, mean),
+        f1_seeded=_match(gt, est.A, acc[~est.silent[acc]], soma & on, mean).f1,
+        f1_plain=_match(gt, plain.estimates.A, plain.estimates.accepted_indices, soma & on, plain.summary["mean"]).f1,
+        silent_match=_match(gt, est.A, flagged, soma & ~on & lab, mean))
+
+
 def test_a_two_channel_movie_seeded_from_its_structural_channel(tmp_path, capsys) -> None:
     """128×128, 1,000 frames of the hard family with a nuclear marker in 85 % of the somata:
     `--structural-channel 1` finds the labelled cells, keeps the silent ones flagged, and finds
@@ -158,34 +192,20 @@ def test_a_two_channel_movie_seeded_from_its_structural_channel(tmp_path, capsys
     from somascope.io.nwb import read_nwb
     from somascope.pipeline import load_results
 
-    sim = tmp_path / "sim"
-    assert main(["simulate", str(sim), "--preset", "hard", "--kind", "2p", "--channels", "2", "--seed", "3",
-                 "--dims", "128", "128", "--frames", "1000", "-q"]) == 0
-    movie = str(sim / "movie.tif")
-    common = ["--n-channels", "2", "--channel", "0", "--fr", "30", "--radius", "5", "-q"]
-    assert main(["run", movie, "--out", str(tmp_path / "seeded"), "--structural-channel", "1", "--nwb", *common]) == 0
-    assert main(["run", movie, "--out", str(tmp_path / "plain"), *common]) == 0
-    gt = np.load(sim / "gt.npz", allow_pickle=True)
-    soma, on, lab = (np.asarray(gt[k], bool) for k in ("is_soma", "is_active", "labelled"))
-    seeded = load_results(tmp_path / "seeded" / "results.h5")
-    plain = load_results(tmp_path / "plain" / "results.h5")
-    est, mean = seeded.estimates, seeded.summary["mean"]
+    r = _seeded_and_plain(tmp_path, ["--kind", "2p", "--seed", "3", "--dims", "128", "128", "--frames", "1000"],
+                          ["--fr", "30", "--radius", "5"], seeded_extra=("--nwb",))
+    movie, common, est, masks, flagged = r.movie, r.common, r.est, r.masks, r.flagged
+    acc = est.accepted_indices
 
     # the structural channel's cells: every mask one labelled soma
-    masks = sp.load_npz(tmp_path / "seeded" / "stages" / "seeds" / "masks.npz")
-    m = _match(gt, masks, np.arange(masks.shape[1]), soma & lab, mean)
+    m = r.mask_match
     assert m.recall >= 0.95 and m.precision >= 0.95, (m.recall, m.precision)  # measured 1.0 / 1.0
 
     # active cells: seeded ≥ unseeded (measured F1 0.854 vs 0.800)
-    acc = est.accepted_indices
-    active = acc[~est.silent[acc]]
-    f1_seeded = _match(gt, est.A, active, soma & on, mean).f1
-    f1_plain = _match(gt, plain.estimates.A, plain.estimates.accepted_indices, soma & on, plain.summary["mean"]).f1
-    assert f1_seeded >= f1_plain and f1_seeded >= 0.8, (f1_seeded, f1_plain)
+    assert r.f1_seeded >= r.f1_plain and r.f1_seeded >= 0.8, (r.f1_seeded, r.f1_plain)
 
     # silent cells: kept, accepted and flagged, their footprint the mask (measured P 0.5, R 0.73)
-    flagged = acc[est.silent[acc]]
-    ms = _match(gt, est.A, flagged, soma & ~on & lab, mean)
+    ms = r.silent_match
     assert flagged.size >= 3 and ms.recall >= 0.5 and ms.precision >= 0.4, (flagged.size, ms.recall, ms.precision)
     assert est.seeded[flagged].all() and not est.silent[est.rejected_indices].any()
 
@@ -239,31 +259,11 @@ def test_a_one_photon_movie_seeded_from_its_structural_channel(tmp_path) -> None
     marker in 85 % of the cell bodies seen through the scattering, on its out-of-focus haze): the
     ring-background path seeds from the structural channel, keeps the silent cells flagged and
     finds more active cells than the functional channel alone."""
-    from somascope.cli import main
-    from somascope.pipeline import load_results
-
-    sim = tmp_path / "sim"
-    assert main(["simulate", str(sim), "--preset", "hard", "--kind", "1p", "--channels", "2", "--seed", "3",
-                 "--dims", "128", "128", "--frames", "1000", "--fr", "15", "--radius", "8", "-q"]) == 0
-    movie = str(sim / "movie.tif")
-    common = ["--n-channels", "2", "--channel", "0", "--fr", "15", "--radius", "8", "--1p", "-q"]
-    assert main(["run", movie, "--out", str(tmp_path / "seeded"), "--structural-channel", "1", *common]) == 0
-    assert main(["run", movie, "--out", str(tmp_path / "plain"), *common]) == 0
-    gt = np.load(sim / "gt.npz", allow_pickle=True)
-    soma, on, lab = (np.asarray(gt[k], bool) for k in ("is_soma", "is_active", "labelled"))
-    seeded = load_results(tmp_path / "seeded" / "results.h5")
-    plain = load_results(tmp_path / "plain" / "results.h5")
-    est, mean = seeded.estimates, seeded.summary["mean"]
-    masks = sp.load_npz(tmp_path / "seeded" / "stages" / "seeds" / "masks.npz")
-    m = _match(gt, masks, np.arange(masks.shape[1]), soma & lab, mean)
+    r = _seeded_and_plain(tmp_path, ["--kind", "1p", "--seed", "3", "--dims", "128", "128", "--frames", "1000",
+                                     "--fr", "15", "--radius", "8"], ["--fr", "15", "--radius", "8", "--1p"])
+    m = r.mask_match
     # (the out-of-focus marker's haze and the scattering halos leave a few masks on no nucleus)
     assert m.recall >= 0.85 and m.precision >= 0.7, (m.recall, m.precision)  # measured 0.90 / 0.80
-    acc = est.accepted_indices
-    active = acc[~est.silent[acc]]
-    f1_seeded = _match(gt, est.A, active, soma & on, mean).f1
-    f1_plain = _match(gt, plain.estimates.A, plain.estimates.accepted_indices, soma & on, plain.summary["mean"]).f1
-    assert f1_seeded >= f1_plain and f1_seeded >= 0.75, (f1_seeded, f1_plain)  # measured 0.828 vs 0.759
-    flagged = acc[est.silent[acc]]
-    ms = _match(gt, est.A, flagged, soma & ~on & lab, mean)
+    assert r.f1_seeded >= r.f1_plain and r.f1_seeded >= 0.75, (r.f1_seeded, r.f1_plain)  # measured 0.828 vs 0.759
     # the silent cells are kept and flagged (so are the masks on no nucleus: precision 0.3)
-    assert flagged.size >= 2 and ms.recall >= 0.3, (flagged.size, ms.recall)  # measured 10, R 0.5
+    assert r.flagged.size >= 2 and r.silent_match.recall >= 0.3, (r.flagged.size, r.silent_match.recall)  # 10, R 0.5
