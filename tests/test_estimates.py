@@ -65,6 +65,7 @@ def _full_estimates(seed: int = 0) -> Estimates:
         SNR_comp=comp * 3.0,
         r_values=comp / K,
         cnn_preds=np.linspace(0, 1, K),
+        activity=np.where(comp % 2 == 0, comp + 4.0, np.nan),
         seeded=comp % 2 == 0,
         silent=comp == 2,
         idx_components=np.array([0, 2, 3]),

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 from somascope.cnmf.estimates import Estimates
 from somascope.cnmf.seeded import MASK_FILL, MASK_SHARE, held_masks, mark_seeds, outside_masks
-from somascope.evaluation.quality import PART_COVER, PART_SHARE, SILENT_RVAL, _drop_silent_parts, _keep_seeded
-from somascope.params import QualityParams
+from somascope.evaluation.activity import ACTIVITY_Z
+from somascope.evaluation.quality import ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_silent_parts, _keep_seeded
 
 
 def _disc(dims: tuple[int, int], centre: tuple[float, float], r: float) -> np.ndarray:
@@ -90,16 +90,14 @@ def test_a_component_that_only_crosses_a_mask_is_not_its_cell() -> None:
 
 
 def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent() -> None:
-    q = QualityParams()
     seeded = np.array([True, True, True, True, False, False, True])
-    low, high = SILENT_RVAL - 0.2, SILENT_RVAL + 0.1
-    # active by SNR, by r-value (a cell that fires often: low SNR, its own shape), silent (r low or
+    # active by its activity z, by r-value (a busy cell: low z, its own shape), silent (z low or
     # none), not seeded, not seeded, seeded but empty
-    snr = np.array([q.min_SNR + 1, q.min_SNR - 1, q.min_SNR - 1, q.min_SNR - 1, q.min_SNR + 1, 0.1, np.nan])
-    r = np.array([low, high, low, np.nan, high, low, np.nan])
+    z = np.array([ACTIVITY_Z + 1, ACTIVITY_Z - 1, ACTIVITY_Z - 1, np.nan, np.nan, 0.1, np.nan])
+    r = np.array([0.2, ACTIVE_RVAL + 0.05, ACTIVE_RVAL - 0.1, np.nan, 0.95, 0.2, np.nan])
     valid = np.array([True, True, True, True, True, True, False])
     good_in = np.array([0, 4])  # what the ordinary tests accepted
-    good, bad, silent = _keep_seeded(seeded, snr, r, valid, good_in, q)
+    good, bad, silent = _keep_seeded(seeded, z, r, valid, good_in)
     assert good.tolist() == [0, 1, 2, 3, 4] and bad.tolist() == [5, 6]
     assert silent.tolist() == [False, False, True, True, False, False, False]
 

@@ -53,7 +53,7 @@ SCHEMA_VERSION = 1
 # Per-component traces, K × T.
 _TRACE_FIELDS = ("C", "S", "YrA", "F_dff")
 # Per-component scalars, shape (K,).
-_VECTOR_FIELDS = ("neurons_sn", "bl", "c1", "lam", "SNR_comp", "r_values", "cnn_preds")
+_VECTOR_FIELDS = ("neurons_sn", "bl", "c1", "lam", "SNR_comp", "r_values", "cnn_preds", "activity")
 # Per-component flags, bool (K,): seeded from a structural channel's masks; silent (seeded,
 # no activity: a cell that did not fire).
 _FLAG_FIELDS = ("seeded", "silent")
@@ -80,6 +80,7 @@ _FIELD_INFO: dict[str, tuple[str, str]] = {
     "SNR_comp": ("1", "trace signal-to-noise ratio, K"),
     "r_values": ("1 (correlation)", "spatial consistency r-value, K"),
     "cnn_preds": ("1 (probability)", "CNN probability of being a cell, K"),
+    "activity": ("1 (noise deviations)", "seeded cell's own activity z (neuropil-subtracted), NaN if unseeded, K"),
     "seeded": ("bool", "component seeded from a structural-channel mask, K"),
     "silent": ("bool", "seeded cell without activity (kept, flagged), K"),
     "idx_components": ("index", "indices of accepted components, into 0..K-1"),
@@ -212,6 +213,11 @@ class Estimates:
         AR coefficients of each trace (``p`` may be 0).
     SNR_comp, r_values, cnn_preds : ndarray, K
         Quality metrics: trace SNR, spatial consistency, CNN cell probability.
+    activity : ndarray, K
+        Own activity z of each seeded cell (:mod:`somascope.evaluation.activity`: the
+        neuropil-subtracted trace's largest transient, in noise deviations), NaN for the
+        others; below :data:`~somascope.evaluation.activity.ACTIVITY_Z` a seeded cell is
+        silent. None without a structural channel.
     seeded, silent : ndarray of bool, K
         Cells seeded from a structural channel's masks, and those of them that showed no
         activity (silent cells: accepted, flagged). None without a structural channel.
@@ -248,6 +254,7 @@ class Estimates:
     SNR_comp: np.ndarray | None = None
     r_values: np.ndarray | None = None
     cnn_preds: np.ndarray | None = None
+    activity: np.ndarray | None = None
     seeded: np.ndarray | None = None
     silent: np.ndarray | None = None
     idx_components: np.ndarray | None = None

@@ -280,5 +280,5 @@ def _rank1(X: sp.csc_matrix, Z: np.ndarray) -> tuple[sp.csc_matrix, np.ndarray]:
 
 def _clear_quality(est: Estimates) -> Estimates:
     """``est`` without its quality fields (a shallow copy: the arrays are shared)."""
-    return dataclasses.replace(est, SNR_comp=None, r_values=None, cnn_preds=None, idx_components=None,
+    return dataclasses.replace(est, SNR_comp=None, r_values=None, cnn_preds=None, activity=None, idx_components=None,
                                idx_components_bad=None)

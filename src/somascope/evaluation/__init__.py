@@ -3,11 +3,14 @@
 :func:`evaluate_components` scores the components of an :class:`~somascope.cnmf.estimates.Estimates`
 against the movie and splits them into accepted and rejected (``quality``);
 :func:`find_duplicates` / :func:`remove_duplicates` find components that are the same cell
-twice by the overlap of their footprints (``duplicates``).
+twice by the overlap of their footprints (``duplicates``); :func:`activity_z` of
+:func:`neuropil_traces` is the own activity that tells a structural channel's silent cells
+(``activity``).
 """
 
 from __future__ import annotations
 
+from .activity import activity_z, neuropil_traces, neuropil_weights
 from .duplicates import Duplicates, binary_masks, find_duplicates, remove_duplicates
 from .quality import (
     Exceptionality,
@@ -28,6 +31,7 @@ __all__ = [
     "Duplicates",
     "Exceptionality",
     "activity_frames",
+    "activity_z",
     "area_ratio",
     "binary_masks",
     "eccentricity",
@@ -35,6 +39,8 @@ __all__ = [
     "event_exceptionality",
     "find_duplicates",
     "footprint_masks",
+    "neuropil_traces",
+    "neuropil_weights",
     "remove_duplicates",
     "residual_traces",
     "select_components",

@@ -80,6 +80,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from .activity import ACTIVITY_Z, activity_z, neuropil_traces, neuropil_weights
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from somascope.cnmf.estimates import Estimates
     from somascope.params import Params, QualityParams
@@ -118,13 +120,13 @@ _BINS_PER_BANDWIDTH = 4
 #: Normalised footprint overlap ``⟨a_i, a_j⟩ / (‖a_i‖ ‖a_j‖)`` above which two components
 #: count as overlapping when choosing the frames of the r-value (CaImAn's ``Athresh``).
 OVERLAP_THR = 0.1
-#: Spatial consistency from which a seeded cell counts as active (not silent). A cell that never
-#: fires still picks up its neighbours' and the neuropil's transients, and the trace SNR (a
-#: test of rare large events) stays low for a cell that fires often; what tells them apart is
-#: whether the frames of its transients show its own footprint. On the simulated two-channel
-#: hard family the silent cells' r-values stayed below 0.55 and 95 % of the active ones'
-#: above 0.65 (``docs/structural.md``).
-SILENT_RVAL = 0.6
+#: Spatial consistency from which a seeded cell counts as active whatever its activity z
+#: (:func:`_keep_seeded`): a cell that fires often, with a slow indicator, is never back at rest
+#: long enough for its transients to stand out of the high-passed trace, but the frames of its
+#: peaks show its footprint. Silent cells pick up their neighbours' and the neuropil's
+#: transients in the shape of their footprint too, and reached r-values up to 0.91 on the
+#: simulated two-channel hard family (``docs/structural.md``).
+ACTIVE_RVAL = 0.9
 #: Share of a silent seeded cell's mask inside an active accepted component's mask, and share
 #: of that component's mask it makes, from which the silent cell is a part of the active one
 #: and not reported (:func:`_drop_silent_parts`).
@@ -386,7 +388,7 @@ def spatial_consistency(
     if model.T != T:
         raise ValueError(f"C has {model.T} frames but the movie has {T}; pass the traces of this movie.")
     frames = _frames_for_rvalues(model, n_peaks, frames_before, frames_after, peak_threshold)
-    _, mean, sums = _scan(source, model, frames, need_AtY=False, chunk_frames=chunk_frames, progress=progress)
+    _, mean, sums, _ = _scan(source, model, frames, need_AtY=False, chunk_frames=chunk_frames, progress=progress)
     return _rvalues(model, frames, sums, mean)
 
 
@@ -427,8 +429,8 @@ def residual_traces(
     T, _ = _check_source(source, model.n_pixels, None)
     if model.T != T:
         raise ValueError(f"C has {model.T} frames but the movie has {T}; pass the traces of this movie.")
-    AtY, _, _ = _scan(source, model, [np.zeros(0, np.int64)] * model.K, need_AtY=True,
-                   chunk_frames=chunk_frames, progress=progress)
+    AtY, _, _, _ = _scan(source, model, [np.zeros(0, np.int64)] * model.K, need_AtY=True,
+                         chunk_frames=chunk_frames, progress=progress)
     return model.residuals(AtY)
 
 
@@ -609,6 +611,7 @@ def evaluate_components(
     peak_threshold: float = 0.3,
     chunk_frames: int | None = None,
     progress: bool = False,
+    seed_masks: Any = None,
 ) -> Estimates:
     """Score every component and split them into accepted and rejected.
 
@@ -634,6 +637,10 @@ def evaluate_components(
         at 30 Hz with a 0.4 s decay).
     chunk_frames
         Frames read at a time (default: about 64 MiB of float32 per chunk).
+    seed_masks
+        With ``est.seeded`` (a structural run): the structural masks (``pixels × n_masks``, as
+        :func:`somascope.cnmf.seeded.as_masks` takes them) on which each seeded cell's own
+        activity is read (None: its footprint's binary mask).
 
     Returns
     -------
@@ -641,7 +648,10 @@ def evaluate_components(
         A new object equal to ``est`` with ``SNR_comp``, ``r_values``, ``idx_components``,
         ``idx_components_bad`` set, ``cnn_preds`` (with ``quality.use_cnn``: the shape
         classifier's scores, :func:`classify_components`, unless ``est`` has them) and ``YrA``
-        if it was missing.
+        if it was missing; with ``est.seeded``, also ``activity`` (each seeded cell's own
+        activity z, :mod:`~somascope.evaluation.activity`; NaN for the others) and ``silent``
+        (the seeded cells whose activity z stays below
+        :data:`~somascope.evaluation.activity.ACTIVITY_Z`: accepted, flagged).
     """
     from somascope.cnmf.estimates import Estimates
 
@@ -665,13 +675,19 @@ def evaluate_components(
     before = math.ceil(N / 4) if frames_before is None else frames_before
     after = N if frames_after is None else frames_after
     frames = _frames_for_rvalues(model, n_peaks, before, after, peak_threshold)
-    AtY, mean, sums = _scan(source, model, frames, need_AtY=model.YrA is None, chunk_frames=chunk_frames,
-                            progress=progress)
+    valid = model.norms > 0
+    masks = footprint_masks(model.A, dims)
+    seeded_cells, U = None, None
+    if est.seeded is not None:  # a structural run: the seeded cells' neuropil-subtracted traces
+        seeded_cells = np.flatnonzero(np.asarray(est.seeded, bool) & valid)
+        occupied = np.asarray(masks[:, valid].sum(axis=1)).ravel() > 0
+        U = neuropil_weights(_seeded_regions(model.A, masks, seeded_cells, seed_masks, dims), dims,
+                             float(p.data.neuron_radius[-1]), occupied)
+    AtY, mean, sums, UtY = _scan(source, model, frames, need_AtY=model.YrA is None, chunk_frames=chunk_frames,
+                                 progress=progress, weights=U)
     YrA = model.YrA if AtY is None else model.residuals(AtY)
     r_values = _rvalues(model, frames, sums, mean)
     snr = trace_snr(model.C + YrA, N, sigma_factor=sigma_factor) if model.K else np.zeros(0)
-    valid = model.norms > 0
-    masks = footprint_masks(model.A, dims)
     shape_masks, shape_dims, dxy, radius = masks, dims, p.data.dxy, p.data.neuron_radius
     if len(dims) == 3:  # a volume: each cell's shape in its widest plane (see widest_planes)
         shape_masks, shape_dims = widest_planes(masks, dims), dims[1:]
@@ -682,9 +698,12 @@ def evaluate_components(
     if q.use_cnn and cnn is None:
         cnn = classify_components(model.A, dims, p)
     good, bad = select_components(snr, r_values, cnn, quality=q, ecc=ecc, area=area, valid=valid)
-    silent = None
-    if est.seeded is not None:  # cells of a structural channel: kept, silent when inactive
-        good, bad, silent = _keep_seeded(est.seeded, snr, r_values, valid, good, q)
+    silent, activity = None, None
+    if seeded_cells is not None:  # cells of a structural channel: kept, silent when inactive
+        activity = np.full(model.K, np.nan)
+        traces = neuropil_traces(UtY, U, seeded_cells, model.A, model.C, model.b, model.f)
+        activity[seeded_cells] = activity_z(traces, p.data.decay_time, p.data.fr)
+        good, bad, silent = _keep_seeded(est.seeded, activity, r_values, valid, good)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
         good, bad, n_part = _drop_silent_parts(masks, silent, good, bad)
@@ -694,7 +713,7 @@ def evaluate_components(
              model.K, good.size, bad.size, n_dup,
              "" if silent is None else f"; {int(silent.sum())} seeded cells silent")
     changes: dict[str, Any] = dict(SNR_comp=snr, r_values=r_values, idx_components=good, idx_components_bad=bad,
-                                   cnn_preds=cnn, silent=silent)
+                                   cnn_preds=cnn, silent=silent, activity=activity)
     if est.YrA is None:
         changes["YrA"] = YrA
     return dataclasses.replace(est, **changes)
@@ -705,15 +724,38 @@ def evaluate_components(
 # --------------------------------------------------------------------------------------
 
 
-def _keep_seeded(seeded: np.ndarray, snr: np.ndarray, r_values: np.ndarray, valid: np.ndarray, good: np.ndarray,
-                 q: QualityParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _seeded_regions(A: sp.csc_matrix, masks: sp.csc_matrix, cells: np.ndarray, seed_masks: Any,
+                    dims: tuple[int, ...]) -> sp.csc_matrix:
+    """``pixels × n``: where each seeded cell's own activity is read — the structural mask
+    that holds its footprint (:func:`somascope.cnmf.seeded.seed_labels`), uniformly weighted;
+    without ``seed_masks``, or for a footprint no mask holds, the footprint on its binary mask.
+    A silent cell's fitted footprint is noise and leakage around its seed; the mask is where
+    the cell is."""
+    regions = sp.csc_matrix(A[:, cells].multiply(masks[:, cells] > 0))
+    if seed_masks is None or cells.size == 0:
+        return regions
+    from somascope.cnmf.seeded import as_masks, seed_labels
+
+    M = as_masks(seed_masks, dims)
+    label = seed_labels(A[:, cells], M)
+    held = label >= 0
+    support = sp.csc_matrix((M[:, label[held]] > 0).astype(np.float64))
+    pick = np.zeros(cells.size, np.int64)
+    pick[held] = np.arange(int(held.sum())) + cells.size
+    pick[~held] = np.flatnonzero(~held)
+    return sp.csc_matrix(sp.hstack([regions, support], format="csc")[:, pick])
+
+
+def _keep_seeded(seeded: np.ndarray, activity: np.ndarray, r_values: np.ndarray, valid: np.ndarray,
+                 good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Accept every seeded cell (a structural channel shows it is a cell) and flag as silent
-    those that show no activity of their own: trace SNR below ``quality.min_SNR`` and spatial
-    consistency below :data:`SILENT_RVAL` (or none: no transient to take frames from).
-    Returns ``(good, bad, silent)``."""
+    those that show no activity of their own: an activity z (:mod:`somascope.evaluation.activity`)
+    below :data:`~somascope.evaluation.activity.ACTIVITY_Z` (or none: a movie too short to
+    tell), unless the frames of its transients show its footprint (r-value at least
+    :data:`ACTIVE_RVAL`). Returns ``(good, bad, silent)``."""
     seeded = np.asarray(seeded, bool) & np.asarray(valid, bool)
     with np.errstate(invalid="ignore"):
-        silent = seeded & ~(np.asarray(snr) >= q.min_SNR) & ~(np.asarray(r_values) >= SILENT_RVAL)
+        silent = seeded & ~(np.asarray(activity) >= ACTIVITY_Z) & ~(np.asarray(r_values) >= ACTIVE_RVAL)
     keep = np.zeros(seeded.size, bool)
     keep[good] = True
     keep |= seeded
@@ -949,10 +991,12 @@ def _scan(
     need_AtY: bool,
     chunk_frames: int | None,
     progress: bool,
-) -> tuple[np.ndarray | None, np.ndarray, list[np.ndarray]]:
-    """One pass over the movie: ``Aᵀ·Y`` (if asked), the mean image (``pixels``, float64) and,
-    for each component, the sum over its ``frames`` of the data at its footprint's pixels (in
-    the order of ``A``'s indices)."""
+    weights: sp.spmatrix | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, list[np.ndarray], np.ndarray | None]:
+    """One pass over the movie: ``Aᵀ·Y`` (if asked), the mean image (``pixels``, float64),
+    for each component the sum over its ``frames`` of the data at its footprint's pixels (in
+    the order of ``A``'s indices), and ``weightsᵀ·Y`` (``n × T``; None without ``weights``,
+    ``pixels × n``)."""
     T = int(source.shape[0])
     P = model.n_pixels
     if chunk_frames is None:
@@ -966,6 +1010,8 @@ def _scan(
     A = model.A
     At32 = sp.csr_matrix(A.T, dtype=np.float32) if need_AtY else None
     AtY = np.zeros((model.K, T), dtype=np.float32) if need_AtY else None
+    Wt32 = None if weights is None else sp.csr_matrix(weights.T, dtype=np.float32)
+    WtY = None if weights is None else np.zeros((weights.shape[1], T), dtype=np.float32)
     sums = [np.zeros(A.indptr[i + 1] - A.indptr[i]) for i in range(model.K)]
     total = np.zeros(P)
     active = [i for i in range(model.K) if frames[i].size and sums[i].size]
@@ -987,6 +1033,8 @@ def _scan(
                     raise ValueError(f"the movie has NaN or infinite values on the footprints in frames "
                                      f"{t0}..{t1 - 1}; clean it (e.g. motion-correction borders) first.")
                 AtY[:, t0:t1] = part
+            if Wt32 is not None:
+                WtY[:, t0:t1] = Wt32 @ Yc.T
             for i in active:
                 fr = frames[i]
                 a, z = np.searchsorted(fr, (t0, t1))
@@ -1003,7 +1051,7 @@ def _scan(
     finally:
         if bar is not None:
             bar.close()
-    return AtY, total / T, sums
+    return AtY, total / T, sums, WtY
 
 
 def _check_source(source: Any, n_pixels: int, dims: tuple[int, ...] | None) -> tuple[int, tuple[int, ...]]:

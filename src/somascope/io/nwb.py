@@ -1211,6 +1211,10 @@ def _add_segmentation(module: Any, est: Any, dims: tuple[int, ...], K: int,
     if est.seeded is not None:
         columns.append(VectorData(name="seeded", description="True if the cell was seeded from a structural "
                                   "channel's mask (somascope seeded)", data=np.asarray(est.seeded, bool)))
+    if est.activity is not None:
+        columns.append(VectorData(name="activity", description="a seeded cell's own activity z: largest transient "
+                                  "of its neuropil-subtracted trace, noise deviations; NaN if unseeded (somascope "
+                                  "activity)", data=per_component("activity")))
     if est.silent is not None:
         columns.append(VectorData(name="silent", description="True for a seeded cell that showed no activity "
                                   "(a silent cell: accepted and flagged; somascope silent)",
@@ -1271,7 +1275,8 @@ def _add_traces(module: Any, est: Any, plane_seg: Any, K: int, rate: float) -> l
         module.add(deconv)
         series(deconv, "spikes", est.S, "a.u.", "deconvolved activity S (spike estimates, "
                "same scale as C), T x K")
-    for name in ("SNR_comp", "r_values", "cnn_preds", "seeded", "silent", "idx_components", "idx_components_bad"):
+    for name in ("SNR_comp", "r_values", "cnn_preds", "activity", "seeded", "silent", "idx_components",
+                 "idx_components_bad"):
         if getattr(est, name, None) is not None:
             present.append(name)
     return present
@@ -1497,6 +1502,7 @@ def _contents(nwbfile: Any, path: Path) -> NWBContents:
         SNR_comp=column("snr", "SNR_comp"),
         r_values=column("r_value", "r_values"),
         cnn_preds=column("cnn_pred", "cnn_preds"),
+        activity=column("activity", "activity"),
         seeded=flags("seeded"),
         silent=flags("silent"),
         idx_components=idx_good,

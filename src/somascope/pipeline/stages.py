@@ -323,7 +323,8 @@ def _evaluate(ctx: Any, est: Any, *, mark: bool = False) -> Any:
         from ..cnmf.seeded import mark_seeds
 
         est = mark_seeds(est, masks)
-    est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress)
+    est = evaluate_components(est, ctx.analysis_store(), ctx.params, progress=ctx.progress,
+                              seed_masks=masks if structural else None)
     if structural:
         from ..cnmf.seeded import silent_footprints
 

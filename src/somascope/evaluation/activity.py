@@ -1,0 +1,130 @@
+"""Own activity of a cell seeded from a structural channel, net of the neuropil around it.
+
+A seeded cell is reported silent (:func:`somascope.evaluation.evaluate_components`) when its
+movie shows no activity of its own. Its CNMF trace is not the measure to read that from: the
+neuropil under the cell (out-of-focus blobs, slow fields) and what the fit leaves of its
+neighbours all project onto its footprint, so a cell that never fires still has transients,
+and the trace SNR of a cell that fires often is low. Here each seeded cell gets
+
+1. **a neuropil-subtracted trace**: the mean of the model's residual over the cell's region
+   (its structural mask) minus the mean over a ring around it (:func:`neuropil_weights`: from
+   :data:`RING_INNER` to :data:`RING_OUTER` radii beyond the region, other cells' pixels left
+   out; per plane in a volume), i.e.
+   ``uᵀ(Y − b·f − Σ_{j≠k} a_j c_j)`` with ``u`` the cell's weights minus the ring's. Neuropil
+   smooth over the ring's width cancels; the cell's own transients do not;
+2. **an activity z** (:func:`activity_z`): that trace, high-passed by a running median over
+   ``2·decay_time + 1`` s (slow fields and drifts out), filtered with the indicator's
+   exponential decay (a matched filter for one transient), and its largest excursion above
+   the median in units of the filtered trace's noise (the spread of its values below the
+   median, which events do not reach).
+
+A cell whose activity z stays below :data:`ACTIVITY_Z` is silent.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["ACTIVITY_Z", "RING_INNER", "RING_OUTER", "activity_z", "neuropil_traces", "neuropil_weights"]
+
+#: Activity z (noise deviations of the matched-filtered, neuropil-subtracted trace) below which a
+#: seeded cell is silent. The largest excursion of pure noise over a 2,000-frame recording is
+#: about 3.1–3.4 (√(2 ln n) for its n = T / (decay · fr) independent stretches); on the
+#: simulated two-channel hard family (4 planes, r 5–8 px, 7.5–30 Hz, decay 0.4–2.5 s) the
+#: best single threshold per member lay between 4.3 and 4.5 (``docs/structural.md``).
+ACTIVITY_Z = 4.5
+#: Inner edge of the neuropil ring, in neuron radii beyond the cell's binary mask (a gap that
+#: keeps the cell's own blurred edge out of it).
+RING_INNER = 0.5
+#: Outer edge of the neuropil ring, in neuron radii beyond the cell's binary mask.
+RING_OUTER = 2.0
+#: Fewest ring pixels (else other cells' pixels are kept in the ring).
+MIN_RING_PIXELS = 10
+
+
+def neuropil_weights(regions: Any, dims: Sequence[int], radius: float,
+                     occupied: np.ndarray | None = None) -> sp.csc_matrix:
+    """``pixels × n`` weights ``u`` of the neuropil-subtracted traces of ``n`` cells.
+
+    ``regions`` (``pixels × n``, non-negative, C order of ``dims``, 2-D or 3-D frames) holds
+    each cell's pixels and their weights: a seeded cell's structural mask, or a footprint on
+    its binary mask. Column ``i`` of ``u`` is region ``i`` scaled to sum 1, minus 1/m on each
+    of the m pixels of the ring between :data:`RING_INNER` and :data:`RING_OUTER` · ``radius``
+    (px, in-plane) beyond the region, in every plane the region is in. Pixels in ``occupied``
+    (bool, ``pixels``: the cells' masks) are left out of the ring unless fewer than
+    :data:`MIN_RING_PIXELS` would remain. ``uᵀ·frame`` is the cell's mean minus its
+    surround's: zero for light that is flat across the ring.
+    """
+    from scipy import ndimage as ndi
+
+    dims = tuple(int(d) for d in dims)
+    P = math.prod(dims)
+    R = sp.csc_matrix(regions, dtype=np.float64)
+    R.eliminate_zeros()
+    n = R.shape[1]
+    inner, outer = max(int(round(RING_INNER * radius)), 1), max(int(round(RING_OUTER * radius)), 2)
+    structure = ndi.generate_binary_structure(len(dims), 1)
+    if len(dims) == 3:  # a volume: rings in-plane only
+        structure[0] = structure[2] = False
+    rows, cols, vals = [], [], []
+    for i in range(n):
+        px, weight = R.indices[R.indptr[i]:R.indptr[i + 1]], R.data[R.indptr[i]:R.indptr[i + 1]]
+        if px.size == 0:
+            continue
+        image = np.zeros(P, bool)
+        image[px] = True
+        image = image.reshape(dims)
+        near = ndi.binary_dilation(image, structure, iterations=inner).ravel()
+        ring = ndi.binary_dilation(image, structure, iterations=outer).ravel() & ~near
+        if occupied is not None and np.count_nonzero(ring & ~occupied) >= MIN_RING_PIXELS:
+            ring &= ~occupied
+        ring_px = np.flatnonzero(ring)
+        rows += [px, ring_px]
+        cols.append(np.full(px.size + ring_px.size, i))
+        vals += [weight / weight.sum(), np.full(ring_px.size, -1.0 / max(ring_px.size, 1))]
+    if not rows:
+        return sp.csc_matrix((P, n))
+    return sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(P, n))
+
+
+def neuropil_traces(UtY: np.ndarray, U: Any, cells: np.ndarray, A: Any, C: np.ndarray,
+                    b: np.ndarray | None, f: np.ndarray | None) -> np.ndarray:
+    """``n × T`` neuropil-subtracted traces ``uᵀ(Y − b·f − Σ_{j≠k} a_j c_j)`` of ``cells``
+    from ``UtY = Uᵀ·Y`` (``n × T``), the weights ``U`` (:func:`neuropil_weights`) and the
+    model's ``A`` (``pixels × K``), ``C`` (``K × T``), ``b``, ``f`` (None: no background)."""
+    U = sp.csc_matrix(U, dtype=np.float64)
+    out = np.asarray(UtY, np.float64).copy()
+    if b is not None and f is not None and np.size(b):
+        out -= (U.T @ np.asarray(b, np.float64)) @ np.asarray(f, np.float64)
+    UA = np.asarray((U.T @ sp.csc_matrix(A, dtype=np.float64)).todense())
+    UA[np.arange(len(cells)), np.asarray(cells, np.int64)] = 0.0  # the cell's own fit stays in
+    out -= UA @ np.asarray(C, np.float64)
+    return out
+
+
+def activity_z(traces: np.ndarray, decay_time: float, frame_rate: float) -> np.ndarray:
+    """``(n,)`` activity z of each row of ``traces`` (``n × T``): see the module docstring.
+    NaN for a trace too short to tell (fewer frames than the high-pass window)."""
+    from scipy.ndimage import median_filter
+
+    traces = np.atleast_2d(np.asarray(traces, np.float64))
+    n, T = traces.shape
+    tau = max(float(decay_time) * float(frame_rate), 1.0)  # decay, frames
+    window = max(int(round((2.0 * float(decay_time) + 1.0) * float(frame_rate))) | 1, 3)
+    out = np.full(n, np.nan)
+    if T < window:
+        return out
+    kernel = np.exp(-np.arange(int(math.ceil(3.0 * tau))) / tau)
+    kernel /= np.linalg.norm(kernel)
+    for i in range(n):
+        y = traces[i] - median_filter(traces[i], size=window, mode="reflect")
+        z = np.convolve(y, kernel[::-1], mode="full")[kernel.size - 1:]
+        mid = np.median(z)
+        low = z[z < mid] - mid
+        spread = math.sqrt(float(np.mean(low ** 2))) if low.size else 0.0
+        out[i] = (z.max() - mid) / spread if spread > 0 else 0.0
+    return out
