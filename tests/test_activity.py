@@ -76,7 +76,6 @@ def test_the_neuropil_ring_cancels_light_that_is_smooth_around_the_cell() -> Non
 
 
 def test_the_other_components_fit_is_taken_out_and_the_cells_own_kept() -> None:
-    dims = (20, 20)
     a = np.zeros(400)
     a[150:160] = 1.0
     b_ = np.zeros(400)
