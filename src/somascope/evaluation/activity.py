@@ -68,21 +68,29 @@ def neuropil_weights(regions: Any, dims: Sequence[int], radius: float,
     n = R.shape[1]
     inner, outer = max(int(round(RING_INNER * radius)), 1), max(int(round(RING_OUTER * radius)), 2)
     structure = ndi.generate_binary_structure(len(dims), 1)
+    reach = [outer] * len(dims)
     if len(dims) == 3:  # a volume: rings in-plane only
         structure[0] = structure[2] = False
+        reach[0] = 0
     rows, cols, vals = [], [], []
     for i in range(n):
         px, weight = R.indices[R.indptr[i]:R.indptr[i + 1]], R.data[R.indptr[i]:R.indptr[i + 1]]
         if px.size == 0:
             continue
-        image = np.zeros(P, bool)
-        image[px] = True
-        image = image.reshape(dims)
-        near = ndi.binary_dilation(image, structure, iterations=inner).ravel()
-        ring = ndi.binary_dilation(image, structure, iterations=outer).ravel() & ~near
-        if occupied is not None and np.count_nonzero(ring & ~occupied) >= MIN_RING_PIXELS:
-            ring &= ~occupied
-        ring_px = np.flatnonzero(ring)
+        # dilate within the region's box grown by the ring's width (not the whole frame)
+        coords = np.unravel_index(px, dims)
+        lo = [max(int(c.min()) - pad, 0) for c, pad in zip(coords, reach)]
+        hi = [min(int(c.max()) + pad + 1, d) for c, pad, d in zip(coords, reach, dims)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        image = np.zeros([b - a for a, b in zip(lo, hi)], bool)
+        image[tuple(c - a for c, a in zip(coords, lo))] = True
+        near = ndi.binary_dilation(image, structure, iterations=inner)
+        ring = ndi.binary_dilation(image, structure, iterations=outer) & ~near
+        if occupied is not None:
+            free = ring & ~occupied.reshape(dims)[box]
+            if np.count_nonzero(free) >= MIN_RING_PIXELS:
+                ring = free
+        ring_px = np.ravel_multi_index(tuple(c + a for c, a in zip(np.nonzero(ring), lo)), dims)
         rows += [px, ring_px]
         cols.append(np.full(px.size + ring_px.size, i))
         vals += [weight / weight.sum(), np.full(ring_px.size, -1.0 / max(ring_px.size, 1))]
