@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from somascope.cnmf.estimates import Estimates
 from somascope.cnmf.seeded import MASK_FILL, MASK_SHARE, held_masks, mark_seeds, outside_masks
-from somascope.evaluation.activity import ACTIVITY_Z
+from somascope.evaluation.activity import activity_threshold
 from somascope.evaluation.quality import ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_silent_parts, _keep_seeded
 
 
@@ -93,11 +93,12 @@ def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent
     seeded = np.array([True, True, True, True, False, False, True])
     # active by its activity z, by r-value (a busy cell: low z, its own shape), silent (z low or
     # none), not seeded, not seeded, seeded but empty
-    z = np.array([ACTIVITY_Z + 1, ACTIVITY_Z - 1, ACTIVITY_Z - 1, np.nan, np.nan, 0.1, np.nan])
+    thr = activity_threshold(2000)
+    z = np.array([thr + 1, thr - 1, thr - 1, np.nan, np.nan, 0.1, np.nan])
     r = np.array([0.2, ACTIVE_RVAL + 0.05, ACTIVE_RVAL - 0.1, np.nan, 0.95, 0.2, np.nan])
     valid = np.array([True, True, True, True, True, True, False])
     good_in = np.array([0, 4])  # what the ordinary tests accepted
-    good, bad, silent = _keep_seeded(seeded, z, r, valid, good_in)
+    good, bad, silent = _keep_seeded(seeded, z, thr, r, valid, good_in)
     assert good.tolist() == [0, 1, 2, 3, 4] and bad.tolist() == [5, 6]
     assert silent.tolist() == [False, False, True, True, False, False, False]
 

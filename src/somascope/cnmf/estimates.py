@@ -216,7 +216,7 @@ class Estimates:
     activity : ndarray, K
         Own activity z of each seeded cell (:mod:`somascope.evaluation.activity`: the
         neuropil-subtracted trace's largest transient, in noise deviations), NaN for the
-        others; below :data:`~somascope.evaluation.activity.ACTIVITY_Z` a seeded cell is
+        others; below :func:`~somascope.evaluation.activity.activity_threshold` a seeded cell is
         silent. None without a structural channel.
     seeded, silent : ndarray of bool, K
         Cells seeded from a structural channel's masks, and those of them that showed no

@@ -18,7 +18,10 @@ and the trace SNR of a cell that fires often is low. Here each seeded cell gets
    the median in units of the filtered trace's noise (the spread of its values below the
    median, which events do not reach).
 
-A cell whose activity z stays below :data:`ACTIVITY_Z` is silent.
+A cell whose activity z stays below :func:`activity_threshold` is silent: the largest excursion
+that noise alone reaches over the recording, plus :data:`ACTIVITY_MARGIN` (4.5 at 2,000 frames).
+The threshold grows with the recording's length as the noise maximum does, so a long recording
+does not turn silent cells active.
 """
 
 from __future__ import annotations
@@ -29,14 +32,19 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ACTIVITY_Z", "RING_INNER", "RING_OUTER", "activity_z", "neuropil_traces", "neuropil_weights"]
+__all__ = ["ACTIVITY_MARGIN", "RING_INNER", "RING_OUTER", "activity_threshold", "activity_z", "neuropil_traces",
+           "neuropil_weights"]
 
-#: Activity z (noise deviations of the matched-filtered, neuropil-subtracted trace) below which a
-#: seeded cell is silent. The largest excursion of pure noise over a 2,000-frame recording is
-#: about 3.1–3.4 (√(2 ln n) for its n = T / (decay · fr) independent stretches); on the
-#: simulated two-channel hard family (4 planes, r 5–8 px, 7.5–30 Hz, decay 0.4–2.5 s) the
-#: best single threshold per member lay between 4.3 and 4.5 (``docs/structural.md``).
-ACTIVITY_Z = 4.5
+#: Frames per independent stretch of the high-passed, filtered noise: the largest of ``T``
+#: frames of pure noise is about √(2 ln(T / NOISE_STRETCH)) deviations (measured on white noise:
+#: median 3.1, 3.3, 3.8, 4.3 at 1,000, 2,000, 10,000 and 50,000 frames, for decays of 12 and 19
+#: frames alike).
+NOISE_STRETCH = 10.0
+#: Deviations by which a seeded cell's largest transient must exceed the noise maximum of its
+#: recording to count as activity (:func:`activity_threshold`). On the simulated two-channel
+#: hard family (4 planes of 2,000 frames, r 5–8 px, 7.5–30 Hz, decay 0.4–2.5 s) the best single
+#: threshold per member lay between 4.3 and 4.5 (``docs/structural.md``); 4.5 at 2,000 frames.
+ACTIVITY_MARGIN = 1.25
 #: Inner edge of the neuropil ring, in neuron radii beyond the cell's binary mask (a gap that
 #: keeps the cell's own blurred edge out of it).
 RING_INNER = 0.5
@@ -112,6 +120,13 @@ def neuropil_traces(UtY: np.ndarray, U: Any, cells: np.ndarray, A: Any, C: np.nd
     UA[np.arange(len(cells)), np.asarray(cells, np.int64)] = 0.0  # the cell's own fit stays in
     out -= UA @ np.asarray(C, np.float64)
     return out
+
+
+def activity_threshold(n_frames: int) -> float:
+    """Activity z below which a seeded cell of a recording of ``n_frames`` frames is silent:
+    √(2 ln(n_frames / :data:`NOISE_STRETCH`)) + :data:`ACTIVITY_MARGIN` (4.5 at 2,000 frames,
+    5.4 at 100,000)."""
+    return math.sqrt(2.0 * math.log(max(float(n_frames) / NOISE_STRETCH, math.e))) + ACTIVITY_MARGIN
 
 
 def activity_z(traces: np.ndarray, decay_time: float, frame_rate: float) -> np.ndarray:

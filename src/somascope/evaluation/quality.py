@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .activity import ACTIVITY_Z, activity_z, neuropil_traces, neuropil_weights
+from .activity import activity_threshold, activity_z, neuropil_traces, neuropil_weights
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from somascope.cnmf.estimates import Estimates
@@ -651,7 +651,7 @@ def evaluate_components(
         if it was missing; with ``est.seeded``, also ``activity`` (each seeded cell's own
         activity z, :mod:`~somascope.evaluation.activity`; NaN for the others) and ``silent``
         (the seeded cells whose activity z stays below
-        :data:`~somascope.evaluation.activity.ACTIVITY_Z`: accepted, flagged).
+        :func:`~somascope.evaluation.activity.activity_threshold`: accepted, flagged).
     """
     from somascope.cnmf.estimates import Estimates
 
@@ -703,7 +703,7 @@ def evaluate_components(
         activity = np.full(model.K, np.nan)
         traces = neuropil_traces(UtY, U, seeded_cells, model.A, model.C, model.b, model.f)
         activity[seeded_cells] = activity_z(traces, p.data.decay_time, p.data.fr)
-        good, bad, silent = _keep_seeded(est.seeded, activity, r_values, valid, good)
+        good, bad, silent = _keep_seeded(est.seeded, activity, activity_threshold(T), r_values, valid, good)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
         good, bad, n_part = _drop_silent_parts(masks, silent, good, bad)
@@ -746,16 +746,16 @@ def _seeded_regions(A: sp.csc_matrix, masks: sp.csc_matrix, cells: np.ndarray, s
     return sp.csc_matrix(sp.hstack([regions, support], format="csc")[:, pick])
 
 
-def _keep_seeded(seeded: np.ndarray, activity: np.ndarray, r_values: np.ndarray, valid: np.ndarray,
-                 good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _keep_seeded(seeded: np.ndarray, activity: np.ndarray, threshold: float, r_values: np.ndarray,
+                 valid: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Accept every seeded cell (a structural channel shows it is a cell) and flag as silent
     those that show no activity of their own: an activity z (:mod:`somascope.evaluation.activity`)
-    below :data:`~somascope.evaluation.activity.ACTIVITY_Z` (or none: a movie too short to
-    tell), unless the frames of its transients show its footprint (r-value at least
-    :data:`ACTIVE_RVAL`). Returns ``(good, bad, silent)``."""
+    below ``threshold`` (:func:`~somascope.evaluation.activity.activity_threshold`; or none: a
+    movie too short to tell), unless the frames of its transients show its footprint (r-value
+    at least :data:`ACTIVE_RVAL`). Returns ``(good, bad, silent)``."""
     seeded = np.asarray(seeded, bool) & np.asarray(valid, bool)
     with np.errstate(invalid="ignore"):
-        silent = seeded & ~(np.asarray(activity) >= ACTIVITY_Z) & ~(np.asarray(r_values) >= ACTIVE_RVAL)
+        silent = seeded & ~(np.asarray(activity) >= threshold) & ~(np.asarray(r_values) >= ACTIVE_RVAL)
     keep = np.zeros(seeded.size, bool)
     keep[good] = True
     keep |= seeded
