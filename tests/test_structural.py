@@ -12,7 +12,9 @@ import scipy.sparse as sp
 from somascope.cnmf.estimates import Estimates
 from somascope.cnmf.seeded import MASK_FILL, MASK_SHARE, held_masks, mark_seeds, outside_masks
 from somascope.evaluation.activity import activity_threshold
-from somascope.evaluation.quality import ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_silent_parts, _keep_seeded
+from somascope.evaluation import footprint_masks
+from somascope.evaluation.quality import (ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_silent_parts, _keep_seeded,
+                                         _seeded_regions)
 
 
 def _disc(dims: tuple[int, int], centre: tuple[float, float], r: float) -> np.ndarray:
@@ -101,6 +103,21 @@ def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent
     good, bad, silent = _keep_seeded(seeded, z, thr, r, valid, good_in)
     assert good.tolist() == [0, 1, 2, 3, 4] and bad.tolist() == [5, 6]
     assert silent.tolist() == [False, False, True, True, False, False, False]
+
+
+def test_a_seeded_cells_activity_is_read_on_its_mask_not_on_its_fitted_footprint() -> None:
+    # a silent cell's fitted footprint: what leaked into it, off-centre, mostly still in its mask
+    leak = _disc(DIMS, (11, 12), 3) * np.exp(-((np.mgrid[:40, :40][1] - 12.0) ** 2) / 8.0)
+    A = sp.csc_matrix(_columns([leak, _disc(DIMS, (30, 30), 3)]))
+    masks = footprint_masks(A, DIMS)
+    regions = _seeded_regions(A, masks, np.array([0, 1]), MASKS, DIMS)
+    for i in (0, 1):  # each held by its mask: the mask, weighted alike
+        got = regions[:, i].toarray().ravel()
+        assert np.array_equal(got > 0, MASKS[:, i].toarray().ravel() > 0) and np.ptp(got[got > 0]) == 0
+    # without masks: the footprint on its binary mask, with the footprint's weights
+    plain = _seeded_regions(A, masks, np.array([0]), None, DIMS).toarray().ravel()
+    assert np.array_equal(plain > 0, masks[:, 0].toarray().ravel() > 0)
+    assert np.allclose(plain[plain > 0], A[:, 0].toarray().ravel()[plain > 0])
 
 
 def test_a_silent_cell_that_is_a_part_of_an_active_one_is_not_reported_twice() -> None:

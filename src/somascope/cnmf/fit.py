@@ -314,7 +314,7 @@ def _fit(source: Any, params: Any, *, seed_masks: Any, engine: Any, progress: bo
         with steps.step("evaluation"):
             from somascope.evaluation import evaluate_components
 
-            est = evaluate_components(est, movie, params) if est.K else est
+            est = evaluate_components(est, movie, params, seed_masks=masks if structural else None) if est.K else est
             if structural and est.K:
                 from .seeded import silent_footprints
 

@@ -125,7 +125,7 @@ def neuropil_traces(UtY: np.ndarray, U: Any, cells: np.ndarray, A: Any, C: np.nd
 def activity_threshold(n_frames: int) -> float:
     """Activity z below which a seeded cell of a recording of ``n_frames`` frames is silent:
     √(2 ln(n_frames / :data:`NOISE_STRETCH`)) + :data:`ACTIVITY_MARGIN` (4.5 at 2,000 frames,
-    5.4 at 100,000)."""
+    5.5 at 100,000)."""
     return math.sqrt(2.0 * math.log(max(float(n_frames) / NOISE_STRETCH, math.e))) + ACTIVITY_MARGIN
 
 
