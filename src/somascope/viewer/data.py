@@ -50,7 +50,7 @@ BLOCK_CACHE = 4
 #: Preferred order of the summary images.
 IMAGE_ORDER = ("mean", "max", "corr", "max_corr", "pnr", "corr_pnr", "std")
 #: Metric name in the API → Estimates field.
-METRICS = {"snr": "SNR_comp", "r_value": "r_values", "cnn": "cnn_preds"}
+METRICS = {"snr": "SNR_comp", "r_value": "r_values", "cnn": "cnn_preds", "activity": "activity"}
 #: Trace series in the API → how to compute it from the estimates.
 SERIES = ("raw", "denoised", "dff", "spikes")
 
@@ -499,6 +499,10 @@ class Source:
         q = self.params.get("quality", {}) if isinstance(self.params, dict) else {}
         thresholds = {m: q.get(key) for m, key in (("snr", "min_SNR"), ("r_value", "rval_thr"),
                                                     ("cnn", "min_cnn_thr")) if m in metrics and key in q}
+        if "activity" in metrics:  # a structural run's seeded cells: silent below this
+            from ..evaluation.activity import activity_threshold
+
+            thresholds["activity"] = round(activity_threshold(self.T), 4)
         flags = {name: (None if getattr(est, name) is None else np.asarray(getattr(est, name), bool).tolist())
                  for name in ("seeded", "silent")}
         return {"K": est.K, "dims": list(self.dims), "contours": contours, "centers": centers,

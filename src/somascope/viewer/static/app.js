@@ -249,7 +249,9 @@
     }
   }
 
-  const METRIC_LABELS = { snr: "SNR", r_value: "r-value", cnn: "CNN" };
+  const METRIC_LABELS = { snr: "SNR", r_value: "r-value", cnn: "CNN", activity: "activity z" };
+  // shown only where the result has them (a structural run's seeded cells)
+  const OPTIONAL_METRICS = ["activity"];
   const IMAGE_LABELS = { corr: "correlation", max_corr: "max correlation", pnr: "PNR", std: "std",
     footprints: "footprints (max)" };
 
@@ -1141,7 +1143,7 @@
     const lines = [`#${k}  ${set.accepted[k] ? "accepted" : "rejected"}` +
       (set.manual[String(k)] ? " (manual)" : "")];
     for (const name of Object.keys(set.metrics)) {
-      lines.push(`${(METRIC_LABELS[name] || name).padEnd(8)}${fmt(set.metric(name, k))}`);
+      lines.push(`${`${METRIC_LABELS[name] || name} `.padEnd(8)}${fmt(set.metric(name, k))}`);
     }
     const note = set.notes[String(k)];
     if (note) lines.push(`note    ${note}`);
@@ -1334,7 +1336,9 @@
     badge.className = `badge ${acc ? "accepted" : "rejected"}`;
     const rows = [];
     const names = Object.keys(set.metrics);
-    for (const name of Object.keys(METRIC_LABELS)) if (!names.includes(name)) names.push(name);
+    for (const name of Object.keys(METRIC_LABELS)) {
+      if (!names.includes(name) && !OPTIONAL_METRICS.includes(name)) names.push(name);
+    }
     for (const name of names) {
       if (!set.metrics[name]) {
         rows.push(`<tr><td>${METRIC_LABELS[name]}</td><td class="hint">not computed</td><td></td></tr>`);
