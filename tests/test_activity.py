@@ -10,7 +10,7 @@ from somascope.evaluation.activity import (MIN_RING_PIXELS, RING_OUTER, activity
                                            neuropil_weights)
 
 FR, DECAY, T = 30.0, 0.4, 2000
-ACTIVITY_Z = activity_threshold(T)
+ACTIVITY_Z = activity_threshold(T, DECAY, FR)
 
 
 def _transients(rng: np.random.Generator, n_events: int, amplitude: float) -> np.ndarray:
@@ -29,10 +29,15 @@ def test_activity_z_sees_transients_above_noise_and_not_slow_drifts() -> None:
     quiet = activity_z(noise, DECAY, FR)
     # the largest noise excursion is ~3.3 deviations, above ACTIVITY_Z in a few % of traces
     assert np.mean(quiet < ACTIVITY_Z) >= 0.9 and 2.5 < np.median(quiet) < 4.0
-    # the threshold follows the noise maximum of longer recordings: it stays rare there too
+    # the threshold follows the noise maximum of longer recordings, and of a fast indicator at a
+    # low frame rate (more independent stretches): noise stays below it there too
     long = activity_z(rng.standard_normal((10, 50 * T)), DECAY, FR)
-    assert activity_threshold(50 * T) > ACTIVITY_Z + 0.9 and np.mean(long < activity_threshold(50 * T)) >= 0.9
+    assert activity_threshold(50 * T, DECAY, FR) > ACTIVITY_Z + 0.9
+    assert np.mean(long < activity_threshold(50 * T, DECAY, FR)) >= 0.9
     assert np.median(long) > ACTIVITY_Z - 0.3  # where the 2,000-frame threshold would call half of them active
+    fast = activity_z(rng.standard_normal((40, T)), DECAY, 5.0)  # 2 frames of decay
+    assert np.mean(fast < activity_threshold(T, DECAY, 5.0)) >= 0.9
+    assert activity_threshold(T, DECAY, 5.0) > ACTIVITY_Z > activity_threshold(T, 2.0, FR)
     # a slow neuropil field (20 s period, 3 noise deviations) is high-passed away
     drift = activity_z(noise + 3.0 * np.sin(2 * np.pi * np.arange(T) / (20 * FR)), DECAY, FR)
     assert np.mean(drift < ACTIVITY_Z) >= 0.9 and abs(np.median(drift) - np.median(quiet)) < 0.3

@@ -95,7 +95,7 @@ def test_seeded_cells_are_accepted_and_those_without_activity_are_flagged_silent
     seeded = np.array([True, True, True, True, False, False, True])
     # active by its activity z, by r-value (a busy cell: low z, its own shape), silent (z low or
     # none), not seeded, not seeded, seeded but empty
-    thr = activity_threshold(2000)
+    thr = activity_threshold(2000, 0.4, 30.0)
     z = np.array([thr + 1, thr - 1, thr - 1, np.nan, np.nan, 0.1, np.nan])
     r = np.array([0.2, ACTIVE_RVAL + 0.05, ACTIVE_RVAL - 0.1, np.nan, 0.95, 0.2, np.nan])
     valid = np.array([True, True, True, True, True, True, False])

@@ -242,13 +242,13 @@ def test_a_structural_runs_activity_z_is_a_metric_with_the_silent_threshold(tmp_
     A = np.column_stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).ravel() for cy, cx in ((8, 8), (24, 24))])
     est = Estimates(A=A, dims=(32, 32), C=np.ones((2, 500), np.float32), SNR_comp=np.array([3.0, 1.0]),
                     activity=np.array([9.5, np.nan]), seeded=[True, False], silent=[False, False],
-                    idx_components=[0, 1], frame_rate=30.0)
+                    idx_components=[0, 1], frame_rate=30.0, params={"data": {"decay_time": 0.4, "fr": 30.0}})
     est.save(tmp_path / "structural.h5")
     src = Source(tmp_path / "structural.h5")
     assert src.info()["metrics"] == ["snr", "activity"]
     c = src.components()
     assert c["metrics"]["activity"] == [9.5, None] and c["seeded"] == [True, False]
-    assert c["thresholds"]["activity"] == pytest.approx(activity_threshold(500), abs=1e-4)
+    assert c["thresholds"]["activity"] == pytest.approx(activity_threshold(500, 0.4, 30.0), abs=1e-4)
 
 
 def test_traces_are_min_max_per_bin_and_exact_at_step_1(server: Any, run_out: Path) -> None:

@@ -19,9 +19,10 @@ and the trace SNR of a cell that fires often is low. Here each seeded cell gets
    median, which events do not reach).
 
 A cell whose activity z stays below :func:`activity_threshold` is silent: the largest excursion
-that noise alone reaches over the recording, plus :data:`ACTIVITY_MARGIN` (4.5 at 2,000 frames).
-The threshold grows with the recording's length as the noise maximum does, so a long recording
-does not turn silent cells active.
+that noise alone reaches over the recording, plus :data:`ACTIVITY_MARGIN`. The threshold follows
+the noise maximum, which grows with the recording's length and falls with the decay in frames
+(fewer independent stretches), so a long recording or a fast indicator at a low frame rate does
+not turn silent cells active.
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ import scipy.sparse as sp
 __all__ = ["ACTIVITY_MARGIN", "RING_INNER", "RING_OUTER", "activity_threshold", "activity_z", "neuropil_traces",
            "neuropil_weights"]
 
-#: Frames per independent stretch of the high-passed, filtered noise: the largest of ``T``
-#: frames of pure noise is about √(2 ln(T / NOISE_STRETCH)) deviations (measured on white noise:
-#: median 3.1, 3.3, 3.8, 4.3 at 1,000, 2,000, 10,000 and 50,000 frames, for decays of 12 and 19
-#: frames alike).
-NOISE_STRETCH = 10.0
+#: Length of an independent stretch of the high-passed, filtered noise, as a share of the decay
+#: in frames (τ = decay_time · frame_rate): the largest of ``T`` frames of pure noise is about
+#: √(2 ln(T / (NOISE_STRETCH · τ))) deviations. Measured on white noise, 2,000 and 20,000 frames,
+#: τ from 2 to 60 frames: the median largest excursion lay within 0.2 of that (e.g. 3.91, 3.37,
+#: 2.94 at 2,000 frames and τ = 2, 12, 60; 4.55, 4.04, 3.70 at 20,000).
+NOISE_STRETCH = 0.7
 #: Deviations by which a seeded cell's largest transient must exceed the noise maximum of its
-#: recording to count as activity (:func:`activity_threshold`). On the simulated two-channel
-#: hard family (4 planes of 2,000 frames, r 5–8 px, 7.5–30 Hz, decay 0.4–2.5 s) the best single
-#: threshold per member lay between 4.3 and 4.5 (``docs/structural.md``); 4.5 at 2,000 frames.
-ACTIVITY_MARGIN = 1.25
+#: recording to count as activity (:func:`activity_threshold`). Pure noise then passes in at
+#: most 5 % of traces (white noise, τ ≥ 4 frames; 8 % at τ = 2). On the simulated two-channel
+#: hard family (4 planes and 2 volumes of 2,000 frames, r 5–8 px, 7.5–30 Hz, decay 0.4–2.5 s) the
+#: mean F1 of the silent flags was the same within 0.01 from 1.0 to 1.4 (``docs/structural.md``).
+ACTIVITY_MARGIN = 1.2
 #: Inner edge of the neuropil ring, in neuron radii beyond the cell's binary mask (a gap that
 #: keeps the cell's own blurred edge out of it).
 RING_INNER = 0.5
@@ -122,11 +125,13 @@ def neuropil_traces(UtY: np.ndarray, U: Any, cells: np.ndarray, A: Any, C: np.nd
     return out
 
 
-def activity_threshold(n_frames: int) -> float:
-    """Activity z below which a seeded cell of a recording of ``n_frames`` frames is silent:
-    √(2 ln(n_frames / :data:`NOISE_STRETCH`)) + :data:`ACTIVITY_MARGIN` (4.5 at 2,000 frames,
-    5.5 at 100,000)."""
-    return math.sqrt(2.0 * math.log(max(float(n_frames) / NOISE_STRETCH, math.e))) + ACTIVITY_MARGIN
+def activity_threshold(n_frames: int, decay_time: float, frame_rate: float) -> float:
+    """Activity z below which a seeded cell is silent, for a recording of ``n_frames`` frames
+    at ``frame_rate`` Hz with an indicator decaying over ``decay_time`` s: the noise maximum
+    √(2 ln(n_frames / (:data:`NOISE_STRETCH` · τ))) plus :data:`ACTIVITY_MARGIN`, τ the decay in
+    frames (4.5 at 2,000 frames, 30 Hz, 0.4 s; 5.5 at 100,000)."""
+    stretch = max(NOISE_STRETCH * float(decay_time) * float(frame_rate), 1.0)
+    return math.sqrt(2.0 * math.log(max(float(n_frames) / stretch, math.e))) + ACTIVITY_MARGIN
 
 
 def activity_z(traces: np.ndarray, decay_time: float, frame_rate: float) -> np.ndarray:

@@ -703,7 +703,8 @@ def evaluate_components(
         activity = np.full(model.K, np.nan)
         traces = neuropil_traces(UtY, U, seeded_cells, model.A, model.C, model.b, model.f)
         activity[seeded_cells] = activity_z(traces, p.data.decay_time, p.data.fr)
-        good, bad, silent = _keep_seeded(est.seeded, activity, activity_threshold(T), r_values, valid, good)
+        threshold = activity_threshold(T, p.data.decay_time, p.data.fr)
+        good, bad, silent = _keep_seeded(est.seeded, activity, threshold, r_values, valid, good)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
         good, bad, n_part = _drop_silent_parts(masks, silent, good, bad)

@@ -502,7 +502,10 @@ class Source:
         if "activity" in metrics:  # a structural run's seeded cells: silent below this
             from ..evaluation.activity import activity_threshold
 
-            thresholds["activity"] = round(activity_threshold(self.T), 4)
+            data = self.params.get("data", {}) if isinstance(self.params, dict) else {}
+            decay, rate = data.get("decay_time"), data.get("fr") or self.fr
+            if decay and rate:
+                thresholds["activity"] = round(activity_threshold(self.T, float(decay), float(rate)), 4)
         flags = {name: (None if getattr(est, name) is None else np.asarray(getattr(est, name), bool).tolist())
                  for name in ("seeded", "silent")}
         return {"K": est.K, "dims": list(self.dims), "contours": contours, "centers": centers,
