@@ -13,7 +13,7 @@ from somascope.cnmf.estimates import Estimates
 from somascope.cnmf.seeded import MASK_FILL, MASK_SHARE, held_masks, mark_seeds, outside_masks
 from somascope.evaluation.activity import activity_threshold
 from somascope.evaluation import footprint_masks
-from somascope.evaluation.quality import (ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_silent_parts, _keep_seeded,
+from somascope.evaluation.quality import (ACTIVE_RVAL, PART_COVER, PART_SHARE, _drop_parts, _keep_seeded,
                                          _seeded_regions)
 
 
@@ -120,9 +120,10 @@ def test_a_seeded_cells_activity_is_read_on_its_mask_not_on_its_fitted_footprint
     assert np.allclose(plain[plain > 0], A[:, 0].toarray().ravel()[plain > 0])
 
 
-def test_a_silent_cell_that_is_a_part_of_an_active_one_is_not_reported_twice() -> None:
+def test_a_seeded_cell_that_is_a_part_of_another_is_not_reported_twice() -> None:
     # a volume's nucleus mask in one plane of a soma the unseeded detection found whole: the mask's
-    # component looks silent (the soma's explains the activity) but is the same cell
+    # component is quiet (the soma's explains the activity; silent, or its fit gave it nothing) but
+    # is the same cell
     dims = (3, *DIMS)
     soma = np.stack([_disc(DIMS, (20, 20), 3), _disc(DIMS, (20, 20), 5), _disc(DIMS, (20, 20), 3)])
     nucleus = np.stack([np.zeros(DIMS), _disc(DIMS, (20, 20), 4), np.zeros(DIMS)])
@@ -133,11 +134,11 @@ def test_a_silent_cell_that_is_a_part_of_an_active_one_is_not_reported_twice() -
     masks = sp.csc_matrix(np.stack([m.ravel() for m in (soma, nucleus, elsewhere, edge, neuropil, inside)], axis=1)
                           > 0)
     assert masks.shape[0] == int(np.prod(dims))
-    silent = np.array([False, True, True, True, False, True])
-    good, bad, n = _drop_silent_parts(masks, silent, np.arange(6), np.zeros(0, np.int64))
+    quiet = np.array([False, True, True, True, False, True])
+    good, bad, n = _drop_parts(masks, quiet, np.arange(6), np.zeros(0, np.int64))
     assert n == 1 and good.tolist() == [0, 2, 3, 4, 5] and bad.tolist() == [1]
-    # nothing to do without an active accepted component
-    assert _drop_silent_parts(masks, silent, np.array([1, 2]), np.array([0]))[2] == 0
+    # nothing to do without an accepted component that is not quiet
+    assert _drop_parts(masks, quiet, np.array([1, 2]), np.array([0]))[2] == 0
     assert 0.5 < PART_COVER <= 1 and 0 < PART_SHARE < 1
 
 

@@ -127,9 +127,13 @@ OVERLAP_THR = 0.1
 #: transients in the shape of their footprint too, and reached r-values up to 0.91 on the
 #: simulated two-channel hard family (``docs/structural.md``).
 ACTIVE_RVAL = 0.9
-#: Share of a silent seeded cell's mask inside an active accepted component's mask, and share
-#: of that component's mask it makes, from which the silent cell is a part of the active one
-#: and not reported (:func:`_drop_silent_parts`).
+#: Trace SNR (below ``quality.min_SNR``) and spatial consistency (below this) of a seeded cell
+#: whose fitted trace is quiet: the fit gave it nothing of its own. Inside another accepted
+#: cell, it is a part of it (:func:`_drop_parts`).
+QUIET_RVAL = 0.6
+#: Share of a quiet seeded cell's mask inside another accepted component's mask, and share of
+#: that component's mask it makes, from which the quiet cell is a part of the other and not
+#: reported (:func:`_drop_parts`).
 PART_COVER = 0.8
 #: See :data:`PART_COVER`.
 PART_SHARE = 0.2
@@ -707,7 +711,9 @@ def evaluate_components(
         good, bad, silent = _keep_seeded(est.seeded, activity, threshold, r_values, valid, good)
     good, bad, n_dup = _drop_duplicates(masks, snr, good, bad)
     if silent is not None:  # a seeded cell dropped as another's duplicate is not reported silent
-        good, bad, n_part = _drop_silent_parts(masks, silent, good, bad)
+        with np.errstate(invalid="ignore"):  # the fit gave it nothing of its own
+            quiet = np.asarray(est.seeded, bool) & ~(snr >= q.min_SNR) & ~(r_values >= QUIET_RVAL)
+        good, bad, n_part = _drop_parts(masks, silent | quiet, good, bad)
         n_dup += n_part
         silent[bad] = False
     log.info("evaluated %d components: %d accepted, %d rejected (%d of them duplicates of an accepted one)%s",
@@ -810,19 +816,20 @@ def _drop_duplicates(masks: sp.csc_matrix, snr: np.ndarray, good: np.ndarray,
     return good[dup.keep], np.union1d(bad, good[dup.remove]).astype(np.int64), dup.n_removed
 
 
-def _drop_silent_parts(masks: sp.csc_matrix, silent: np.ndarray, good: np.ndarray,
-                       bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Reject the accepted silent cells that are a part of an accepted active one.
+def _drop_parts(masks: sp.csc_matrix, quiet: np.ndarray, good: np.ndarray,
+                bad: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reject the accepted seeded cells that are a part of another accepted cell.
 
     A structural mask can be a part of its cell: in a volume a nucleus seen in one plane of a
     soma that spans two or three. When the unseeded detection finds that soma whole, the
-    mask's own component is left without the activity (the soma's component explains it) and
-    looks silent: one cell reported twice, once active and once silent. A silent cell whose
-    mask lies at least :data:`PART_COVER` inside an active accepted component's mask, and makes
-    at least :data:`PART_SHARE` of that mask, is that cell. Returns ``(good, bad, number
-    moved)``."""
-    quiet = good[silent[good]]
-    loud = good[~silent[good]]
+    mask's own component is left without a trace of its own (the soma's component explains
+    the activity): one cell reported twice. Its mask still shows the soma's activity, so its
+    activity z may call it active. A ``quiet`` cell (bool, K: silent, or whose fitted trace is
+    quiet) whose mask lies at least :data:`PART_COVER` inside the mask of an accepted cell that
+    is not quiet, and makes at least :data:`PART_SHARE` of that mask, is that cell. Returns
+    ``(good, bad, number moved)``."""
+    loud = good[~quiet[good]]
+    quiet = good[quiet[good]]
     if quiet.size == 0 or loud.size == 0:
         return good, bad, 0
     Q, L = masks[:, quiet].astype(np.float64), masks[:, loud].astype(np.float64)
