@@ -1015,10 +1015,12 @@ def _scan(
         step = int(chunk_frames)
     if step < 1:
         raise ValueError(f"chunk_frames must be >= 1; got {chunk_frames!r}.")
+    from ._kernels import project_frames
+
     A = model.A
-    At32 = sp.csr_matrix(A.T, dtype=np.float32) if need_AtY else None
+    A32 = sp.csc_matrix(A, dtype=np.float32) if need_AtY else None
     AtY = np.zeros((model.K, T), dtype=np.float32) if need_AtY else None
-    Wt32 = None if weights is None else sp.csr_matrix(weights.T, dtype=np.float32)
+    W32 = None if weights is None else sp.csc_matrix(weights, dtype=np.float32)
     WtY = None if weights is None else np.zeros((weights.shape[1], T), dtype=np.float32)
     sums = [np.zeros(A.indptr[i + 1] - A.indptr[i]) for i in range(model.K)]
     total = np.zeros(P)
@@ -1035,14 +1037,16 @@ def _scan(
                                         frame_ranges(T, step)):
             Yc = block.reshape(t1 - t0, P)
             total += Yc.sum(axis=0, dtype=np.float64)
-            if At32 is not None:
-                part = At32 @ Yc.T
+            for M32, MtY in ((A32, AtY), (W32, WtY)):
+                if M32 is None:
+                    continue
+                part = np.empty((M32.shape[1], t1 - t0), np.float32)
+                project_frames(np.ascontiguousarray(Yc, dtype=np.float32), M32.indptr, M32.indices, M32.data, part)
                 if not np.isfinite(part).all():
-                    raise ValueError(f"the movie has NaN or infinite values on the footprints in frames "
+                    where = "the footprints" if M32 is A32 else "the seeded cells' neuropil rings"
+                    raise ValueError(f"the movie has NaN or infinite values on {where} in frames "
                                      f"{t0}..{t1 - 1}; clean it (e.g. motion-correction borders) first.")
-                AtY[:, t0:t1] = part
-            if Wt32 is not None:
-                WtY[:, t0:t1] = Wt32 @ Yc.T
+                MtY[:, t0:t1] = part
             for i in active:
                 fr = frames[i]
                 a, z = np.searchsorted(fr, (t0, t1))
