@@ -828,18 +828,17 @@ def _drop_parts(masks: sp.csc_matrix, quiet: np.ndarray, good: np.ndarray,
     quiet) whose mask lies at least :data:`PART_COVER` inside the mask of an accepted cell that
     is not quiet, and makes at least :data:`PART_SHARE` of that mask, is that cell. Returns
     ``(good, bad, number moved)``."""
-    loud = good[~quiet[good]]
-    quiet = good[quiet[good]]
-    if quiet.size == 0 or loud.size == 0:
+    loud, candidates = good[~quiet[good]], good[quiet[good]]
+    if candidates.size == 0 or loud.size == 0:
         return good, bad, 0
-    Q, L = masks[:, quiet].astype(np.float64), masks[:, loud].astype(np.float64)
+    Q, L = masks[:, candidates].astype(np.float64), masks[:, loud].astype(np.float64)
     inter = np.asarray((Q.T @ L).todense())
     size_q = np.maximum(np.asarray(Q.sum(axis=0)).ravel(), 1.0)
     size_l = np.maximum(np.asarray(L.sum(axis=0)).ravel(), 1.0)
     part = ((inter / size_q[:, None] >= PART_COVER) & (inter / size_l[None, :] >= PART_SHARE)).any(axis=1)
     if not part.any():
         return good, bad, 0
-    drop = quiet[part]
+    drop = candidates[part]
     return np.setdiff1d(good, drop), np.union1d(bad, drop).astype(np.int64), int(drop.size)
 
 
@@ -1035,13 +1034,13 @@ def _scan(
 
         for t0, t1, block in read_ahead(lambda a, b: np.asarray(source[a:b], dtype=np.float32),
                                         frame_ranges(T, step)):
-            Yc = block.reshape(t1 - t0, P)
+            Yc = np.ascontiguousarray(block.reshape(t1 - t0, P), dtype=np.float32)
             total += Yc.sum(axis=0, dtype=np.float64)
             for M32, MtY in ((A32, AtY), (W32, WtY)):
                 if M32 is None:
                     continue
                 part = np.empty((M32.shape[1], t1 - t0), np.float32)
-                project_frames(np.ascontiguousarray(Yc, dtype=np.float32), M32.indptr, M32.indices, M32.data, part)
+                project_frames(Yc, M32.indptr, M32.indices, M32.data, part)
                 if not np.isfinite(part).all():
                     where = "the footprints" if M32 is A32 else "the seeded cells' neuropil rings"
                     raise ValueError(f"the movie has NaN or infinite values on {where} in frames "
