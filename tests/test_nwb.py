@@ -260,6 +260,15 @@ def test_unevaluated_estimates_and_cnn_column(tmp_path, est):
     assert back.rejected_indices.tolist() == [0, 3, 4, 5]
 
 
+def test_a_structural_runs_flags_and_activity_round_trip(tmp_path, est):
+    flags = Estimates(A=est.A, dims=est.dims, C=est.C, frame_rate=est.frame_rate,
+                      seeded=np.arange(est.K) % 2 == 0, silent=np.arange(est.K) == 2,
+                      activity=np.where(np.arange(est.K) % 2 == 0, 3.0 + np.arange(est.K), np.nan))
+    back = read_nwb(export_nwb(tmp_path / "structural.nwb", flags)).estimates
+    assert back.seeded.tolist() == flags.seeded.tolist() and back.silent.tolist() == flags.silent.tolist()
+    np.testing.assert_allclose(back.activity, flags.activity, rtol=1e-6)  # NaN where unseeded, both
+
+
 # ------------------------------------------------------------------ files: overwrite, atomicity
 
 
