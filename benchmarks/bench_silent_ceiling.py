@@ -38,9 +38,9 @@ def best_threshold(z: np.ndarray, silent: np.ndarray, active: np.ndarray) -> tup
 
 def ceiling(folder: Path, member: dict, rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
     """Best (min(P, R), P, R) of the ideal observer's silent flags, per reading."""
-    from scipy import ndimage as ndi
+    import scipy.sparse as sp
 
-    from somascope.evaluation.activity import RING_INNER, RING_OUTER, activity_z
+    from somascope.evaluation.activity import activity_z, neuropil_weights
     from somascope.simulate import _fields as streams
     from somascope.simulate.hard import SETTINGS, hard_background
 
@@ -60,17 +60,13 @@ def ceiling(folder: Path, member: dict, rng: np.random.Generator) -> dict[str, t
     silent, active = ~on[cells], on[cells]
     radius = float(member["radius"])
     out = {}
+    footprints = sp.csc_matrix(A[cells].T)
+    on_mask = sp.csc_matrix(footprints.multiply(footprints >= 0.2 * footprints.max(axis=0).toarray()))
     for reading in ("footprint", "ring"):
-        U = np.zeros((cells.size, A.shape[1]))
-        for i, k in enumerate(cells):
-            a = A[k]
-            if reading == "footprint":
-                U[i] = a / np.linalg.norm(a)
-                continue
-            cell = (a > 0.2 * a.max()).reshape(dims)
-            near = ndi.binary_dilation(cell, iterations=max(int(round(RING_INNER * radius)), 1))
-            ring = (ndi.binary_dilation(cell, iterations=max(int(round(RING_OUTER * radius)), 2)) & ~near).ravel()
-            U[i] = np.where(cell.ravel(), a, 0.0) / a[cell.ravel()].sum() - ring / ring.sum()
+        if reading == "footprint":
+            U = A[cells] / np.linalg.norm(A[cells], axis=1, keepdims=True)
+        else:  # the pipeline's own weights: the footprint on its mask minus the ring around it
+            U = neuropil_weights(on_mask, dims, radius).toarray().T
         sd = np.sqrt((U ** 2) @ variance)
         own = (U * A[cells]).sum(axis=1)[:, None] * C[cells]
         noise = rng.standard_normal(own.shape)
